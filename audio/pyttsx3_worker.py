@@ -1,0 +1,39 @@
+"""pyttsx3 worker: reads {"text", "path"} JSON lines on stdin, writes a WAV per line, answers {"ok"} or {"error"}.
+
+Run by audio.tts.Pyttsx3Tts; a hang here is ended by the parent's timeout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(prog="python -m audio.pyttsx3_worker")
+    parser.add_argument("--voice", default="", help="espeak-ng voice, e.g. en or ko")
+    parser.add_argument("--rate", type=int, default=150, help="words per minute")
+    args = parser.parse_args()
+    import pyttsx3
+
+    engine = pyttsx3.init("espeak")
+    engine.setProperty("rate", args.rate)
+    if args.voice:
+        engine.setProperty("voice", args.voice)
+    for line in sys.stdin:
+        try:
+            request = json.loads(line)
+            text, path = str(request["text"]), str(request["path"])
+            engine.save_to_file(text, path)
+            engine.runAndWait()
+            reply = {"ok": True}
+        except Exception as e:  # one bad sentence must not end the worker
+            reply = {"error": f"{type(e).__name__}: {e}"}
+        sys.stdout.write(json.dumps(reply) + "\n")
+        sys.stdout.flush()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,208 @@
+"""storybot's command line: parse, load config, validate, build, run."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import resource
+import signal
+import sys
+import time
+from pathlib import Path
+
+from robot.config import EX_CONFIG, Config, ConfigError, check_semantics, load_config
+
+log = logging.getLogger("storybot")
+
+EPILOG = """\
+configuration: assets/storybot.toml documents every key; /etc/storybot/storybot.toml (or --config FILE) overrides
+it, and --set section.key=value overrides both, e.g. --set engine.threads=1 --set tts.backend=pyttsx3.
+The story goes to stdout, a sentence per line as it is spoken; diagnostics and timings go to stderr.
+exit status: 0 done, 65 bad model, 69 no microphone or engine, 78 configuration error."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", metavar="FILE", help="configuration file to use instead of /etc/storybot/storybot.toml")
+    common.add_argument("--set", metavar="SECTION.KEY=VALUE", action="append", default=[], dest="overrides",
+                        help="override one configuration key (repeatable)")
+    common.add_argument("-v", "--verbose", action="count", default=0, help="more diagnostics on stderr (-vv: debug)")
+    common.add_argument("--timings-json", metavar="FILE", help="also write the story's timings as JSON to FILE")
+
+    parser = argparse.ArgumentParser(
+        prog="storybot", description="An offline storytelling robot: ask for a story and hear it told.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    tell = sub.add_parser("tell", parents=[common], help="tell one story from a typed request",
+                          description="Tell one story from a typed request, e.g. storybot tell \"a dragon who loves tea\". "
+                          "Speech goes to the speaker, or to a WAV file with --wav or when there is no speaker.")
+    tell.add_argument("text", help="what the story is about, or a whole request (\"tell me a story about ...\")")
+    tell.add_argument("--wav", metavar="FILE", help="write the speech to this WAV file instead of the speaker")
+
+    listen = sub.add_parser("listen", parents=[common], help="wait for one spoken request, then tell that story",
+                            description="Listen on the microphone until someone asks for a story (as long as it "
+                            "takes), then tell it and exit.")
+    listen.add_argument("--wav", metavar="FILE", help="write the speech to this WAV file instead of the speaker")
+
+    sub.add_parser("run", parents=[common], help="the daemon: listen and tell stories until stopped",
+                   description="Run the robot: any spoken request starts a story. On a terminal, Enter is the "
+                   "push-to-talk button: it starts listening, or stops the story being told. Stop with Ctrl-C or SIGTERM.")
+    sub.add_parser("devices", parents=[common], help="list sound devices and which ones the configuration picks",
+                   description="List the sound devices PortAudio sees, marking the defaults and the configured ones.")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=(logging.WARNING, logging.INFO, logging.DEBUG)[min(args.verbose, 2)],
+        stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        config = load_config(args.config, args.overrides)
+        check_semantics(config)
+    except ConfigError as e:
+        print(f"storybot: configuration error: {e}", file=sys.stderr)
+        return EX_CONFIG
+    if args.command == "devices":
+        return show_devices(config)
+    return asyncio.run(run_robot(config, args))
+
+
+def show_devices(config: Config) -> int:
+    from audio.devices import DeviceError, find_device, list_devices
+
+    try:
+        devices = list_devices()
+    except DeviceError as e:
+        print(f"storybot: {e}", file=sys.stderr)
+        return 69
+    picks = {}
+    for is_input, name in ((True, config.audio.input_device), (False, config.audio.output_device)):
+        try:
+            picks[is_input] = find_device(name, is_input=is_input).index
+        except DeviceError as e:
+            print(f"storybot: {e}", file=sys.stderr)
+    print(f"{'#':>3}  {'in':>3} {'out':>3}  {'rate':>6}  name (host API)")
+    for d in devices:
+        marks = ("<in " if picks.get(True) == d.index else "") + ("<out" if picks.get(False) == d.index else "")
+        print(f"{d.index:>3}  {d.max_input_channels:>3} {d.max_output_channels:>3}  {d.default_rate_hz:>6.0f}  "
+              f"{d.name} ({d.host_api}) {marks}".rstrip())
+    return 0
+
+
+async def run_robot(config: Config, args: argparse.Namespace) -> int:
+    from audio.playback import open_sink
+    from audio.tts import Timeouts, TtsError, build_tts
+    from robot.engine_host import EngineHost
+    from robot.events import ListenRequested, ShutdownRequested, Source, StoryRequested
+    from robot.robot import Mode, Robot
+
+    mode = Mode(args.command)
+    try:
+        tts = build_tts(config.tts.backend, config.tts.voice, config.tts.rate_wpm,
+                        Timeouts(config.tts.timeout_base_s, config.tts.timeout_per_char_s))
+    except TtsError as e:
+        print(f"storybot: {e}", file=sys.stderr)
+        return 69
+    host = EngineHost(config.engine)
+    wav = getattr(args, "wav", None)
+    robot = Robot(
+        config, mode, engine_host=host, tts=tts,
+        open_sink=lambda: open_sink(config.audio.output_device, config.audio.output_rate_hz, config.audio.volume,
+                                    wav, config.audio.wav_fallback),
+        story_out=sys.stdout, diag_out=sys.stderr,
+    )
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, robot.post, ShutdownRequested(signal.Signals(sig).name))
+    helpers: list[asyncio.Task] = [asyncio.create_task(_warm_up(host), name="engine-warm-up")]
+    if mode is Mode.TELL:
+        robot.post(StoryRequested(args.text, Source.TEXT, time.monotonic()))
+    else:
+        helpers.append(asyncio.create_task(_make_listener(config, robot).run(), name="listener"))
+        if mode is Mode.DAEMON and sys.stdin.isatty():
+            loop.add_reader(sys.stdin.fileno(), _on_enter, robot, ListenRequested(Source.BUTTON))
+        print("storybot: listening; ask for a story", file=sys.stderr, flush=True)
+    try:
+        code = await robot.run()
+    finally:
+        for task in helpers:
+            task.cancel()
+        await asyncio.gather(*helpers, return_exceptions=True)
+        engine_peak_kb = _peak_rss_kb(host.engine_pid)
+        await host.close()
+        await tts.close()
+    if args.timings_json:
+        _write_timings(args.timings_json, robot, engine_peak_kb)
+    return code
+
+
+def _make_listener(config: Config, robot):
+    from audio.asr import build_recognizer
+    from audio.capture import Microphone
+    from audio.vad import VadSettings
+    from robot.listener import Listener
+
+    vad = config.vad
+    return Listener(
+        robot.post,
+        make_microphone=lambda: Microphone(config.audio.input_device, config.audio.block_ms),
+        make_recognizer=lambda: build_recognizer(config.asr.backend, config.asr.vosk_model, config.asr.grammar),
+        vad_settings=VadSettings(config.audio.block_ms, vad.margin_db, vad.min_level_dbfs, vad.preroll_ms,
+                                 vad.min_speech_ms, vad.end_silence_ms, vad.max_utterance_s),
+        is_open=lambda: robot.is_listening_allowed,
+    )
+
+
+async def _warm_up(host) -> None:
+    """Load the model while the request is still being spoken or the opening is being said."""
+    from robot.engine_host import EngineUnavailable
+
+    try:
+        await host.get()
+    except EngineUnavailable as e:
+        log.error("engine: %s", e)
+
+
+def _on_enter(robot, event) -> None:
+    if not sys.stdin.readline():  # end of input: stop watching the terminal
+        asyncio.get_running_loop().remove_reader(sys.stdin.fileno())
+        return
+    robot.post(event)
+
+
+def _peak_rss_kb(pid: int | None) -> int | None:
+    if pid is None:
+        return None
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def _write_timings(path: str, robot, engine_peak_kb: int | None) -> None:
+    record = {
+        "results": [
+            {"outcome": r.outcome, "engine_reason": r.engine_reason, "sentences": r.sentences,
+             "subject": r.prompt.subject, **(r.timings.as_dict() if r.timings else {})}
+            for r in robot.results
+        ],
+        "end_of_speech_at": robot.end_of_speech_at,
+        "daemon_peak_rss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+        "engine_peak_rss_kb": engine_peak_kb,
+        "pid": os.getpid(),
+    }
+    Path(path).write_text(json.dumps(record, indent=2))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

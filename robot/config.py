@@ -1,0 +1,217 @@
+"""Configuration: TOML files and --set overrides in, frozen dataclasses out.
+
+Layers, each over the one before: assets/storybot.toml (the documented defaults), then /etc/storybot/storybot.toml
+when present (or the file given with --config instead), then every --set section.key=value. Any mistake raises
+ConfigError naming the file, the key or line, and what was expected; the CLI exits with EX_CONFIG (78), which the
+systemd unit lists in RestartPreventExitStatus so that a bad config is not retried in a loop.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from robot.paths import assets_dir
+
+EX_CONFIG = 78
+SYSTEM_CONFIG = Path("/etc/storybot/storybot.toml")
+
+
+class ConfigError(ValueError):
+    """A configuration mistake. str() is the whole message a person needs."""
+
+
+def _opt(default: Any, *, low: float | None = None, high: float | None = None, choices: tuple = ()) -> Any:
+    return field(default=default, metadata={"low": low, "high": high, "choices": choices})
+
+
+@dataclass(frozen=True)
+class AudioConfig:
+    input_device: str = _opt("")  # part of the capture device's name; "" for the system default
+    output_device: str = _opt("")  # part of the playback device's name; "" for the system default
+    block_ms: int = _opt(30, low=10, high=100)  # capture frame length
+    output_rate_hz: int = _opt(22050, low=8000, high=48000)
+    volume: float = _opt(1.0, low=0.0, high=1.0)
+    wav_fallback: str = _opt("storybot-story.wav")  # where speech goes when no output device opens
+
+
+@dataclass(frozen=True)
+class VadConfig:
+    margin_db: float = _opt(12.0, low=3.0, high=40.0)  # speech is this much louder than the noise floor
+    min_level_dbfs: float = _opt(-50.0, low=-90.0, high=-10.0)  # and at least this loud
+    preroll_ms: int = _opt(300, low=0, high=2000)
+    min_speech_ms: int = _opt(150, low=30, high=2000)
+    end_silence_ms: int = _opt(700, low=200, high=5000)
+    max_utterance_s: float = _opt(15.0, low=1.0, high=120.0)
+
+
+@dataclass(frozen=True)
+class AsrConfig:
+    backend: str = _opt("pocketsphinx", choices=("pocketsphinx", "vosk"))
+    vosk_model: str = _opt("")  # a Vosk model directory; required when backend = "vosk"
+    grammar: tuple[str, ...] = _opt(())  # phrases to restrict recognition to; empty for free speech
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    backend: str = _opt("llama.cpp", choices=("llama.cpp",))
+    model: str = _opt("")  # a GGUF file; "" for the embedded default (Gemma 3 270M Q4_K_M)
+    threads: int = _opt(2, low=1, high=64)
+    context_tokens: int = _opt(1024, low=64, high=32768)
+    max_tokens: int = _opt(220, low=8, high=4096)
+    temperature: float = _opt(0.8, low=0.0, high=2.0)
+    top_p: float = _opt(0.95, low=0.05, high=1.0)
+    top_k: int = _opt(40, low=0, high=1000)
+    repeat_penalty: float = _opt(1.2, low=1.0, high=2.0)
+    seed: int = _opt(-1, low=-1, high=2**31 - 1)  # -1 for a new seed each story
+    load_timeout_s: float = _opt(120.0, low=1.0, high=3600.0)
+    first_token_timeout_s: float = _opt(30.0, low=0.5, high=600.0)
+    token_timeout_s: float = _opt(10.0, low=0.5, high=600.0)
+
+
+@dataclass(frozen=True)
+class TtsConfig:
+    backend: str = _opt("flite", choices=("flite", "pyttsx3"))
+    voice: str = _opt("")  # flite: kal, kal16, slt, rms, awb; pyttsx3: an espeak-ng voice such as en or ko
+    rate_wpm: int = _opt(150, low=60, high=400)  # pyttsx3 only
+    timeout_base_s: float = _opt(5.0, low=0.5, high=120.0)
+    timeout_per_char_s: float = _opt(0.05, low=0.0, high=5.0)
+
+
+@dataclass(frozen=True)
+class StoryConfig:
+    language: str = _opt("en", choices=("en",))
+    min_sentence_chars: int = _opt(24, low=1, high=400)
+    max_sentence_chars: int = _opt(300, low=40, high=2000)
+    queue_sentences: int = _opt(8, low=1, high=64)  # how far generation may run ahead of speech
+
+
+@dataclass(frozen=True)
+class Config:
+    audio: AudioConfig = AudioConfig()
+    vad: VadConfig = VadConfig()
+    asr: AsrConfig = AsrConfig()
+    engine: EngineConfig = EngineConfig()
+    tts: TtsConfig = TtsConfig()
+    story: StoryConfig = StoryConfig()
+
+
+SECTIONS: dict[str, type] = {f.name: f.type if isinstance(f.type, type) else globals()[f.type] for f in dataclasses.fields(Config)}
+
+
+def default_config_path() -> Path:
+    return assets_dir() / "storybot.toml"
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] = (), *, use_system: bool = True) -> Config:
+    """Build the configuration from its layers; raise ConfigError on any mistake."""
+    values: dict[str, dict[str, Any]] = {}
+    origins: dict[tuple[str, str], str] = {}
+    layers = [default_config_path()]
+    if path is not None:
+        layers.append(Path(path))
+    elif use_system and SYSTEM_CONFIG.exists():
+        layers.append(SYSTEM_CONFIG)
+    for layer in layers:
+        _merge(values, origins, _read_toml(layer), str(layer))
+    for item in overrides:
+        _merge(values, origins, _parse_override(item), f"--set {item}")
+    return _build(values, origins)
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such file") from None
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read ({e.strerror})") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: TOML syntax error: {e}") from None
+
+
+def _parse_override(item: str) -> dict[str, Any]:
+    key, sep, raw = item.partition("=")
+    section, dot, name = key.strip().partition(".")
+    if not sep or not dot or not section or not name:
+        raise ConfigError(f"--set {item!r}: expected section.key=value, e.g. engine.threads=2")
+    try:
+        value = tomllib.loads(f"v = {raw.strip()}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw.strip()  # a bare word is a string: --set tts.backend=flite
+    return {section: {name: value}}
+
+
+def _merge(values: dict, origins: dict, data: dict[str, Any], origin: str) -> None:
+    for section, table in data.items():
+        if section not in SECTIONS:
+            raise ConfigError(f"{origin}: unknown section [{section}], expected one of {sorted(SECTIONS)}")
+        if not isinstance(table, dict):
+            raise ConfigError(f"{origin}: {section} must be a table [{section}], got {_type_name(table)}")
+        for key, value in table.items():
+            values.setdefault(section, {})[key] = value
+            origins[(section, key)] = origin
+
+
+def _build(values: dict[str, dict[str, Any]], origins: dict) -> Config:
+    sections = {}
+    for name, cls in SECTIONS.items():
+        given = values.get(name, {})
+        known = {f.name: f for f in dataclasses.fields(cls)}
+        for key in given:
+            if key not in known:
+                raise ConfigError(f"{origins[(name, key)]}: unknown key {name}.{key}, expected one of {sorted(known)}")
+        kwargs = {key: _check(name, known[key], value, origins[(name, key)]) for key, value in given.items()}
+        sections[name] = cls(**kwargs)
+    return Config(**sections)
+
+
+def _check(section: str, f: dataclasses.Field, value: Any, origin: str) -> Any:
+    where = f"{origin}: {section}.{f.name}"
+    expected = f.type if isinstance(f.type, str) else f.type.__name__
+    if expected == "bool":
+        ok = isinstance(value, bool)
+    elif expected == "int":
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif expected == "float":
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        value = float(value) if ok else value
+    elif expected == "str":
+        ok = isinstance(value, str)
+    elif expected.startswith("tuple[str"):
+        ok = isinstance(value, list) and all(isinstance(v, str) for v in value)
+        value = tuple(value) if ok else value
+        expected = "a list of strings"
+    else:  # pragma: no cover - a field type this checker does not know is a bug here
+        raise AssertionError(f"unhandled config type {expected}")
+    if not ok:
+        words = {"bool": "true or false", "int": "an integer", "float": "a number", "str": "a string"}
+        raise ConfigError(f"{where} is {_type_name(value)} {value!r}, expected {words.get(expected, expected)}")
+    low, high, choices = f.metadata["low"], f.metadata["high"], f.metadata["choices"]
+    if choices and value not in choices:
+        raise ConfigError(f"{where} is {value!r}, expected one of {list(choices)}")
+    if (low is not None and value < low) or (high is not None and value > high):
+        raise ConfigError(f"{where} is {value!r}, expected {low:g} to {high:g}")
+    return value
+
+
+def _type_name(value: Any) -> str:
+    return {bool: "a boolean", int: "an integer", float: "a number", str: "a string", list: "a list", dict: "a table"}.get(
+        type(value), type(value).__name__
+    )
+
+
+def check_semantics(config: Config) -> None:
+    """Cross-key and filesystem checks that a TOML type cannot express."""
+    if config.asr.backend == "vosk" and not config.asr.vosk_model:
+        raise ConfigError("asr.vosk_model: required when asr.backend = \"vosk\" (a Vosk model directory)")
+    if config.asr.vosk_model and not Path(config.asr.vosk_model).is_dir():
+        raise ConfigError(f"asr.vosk_model: {config.asr.vosk_model} is not a directory")
+    if config.engine.model and not Path(config.engine.model).is_file():
+        raise ConfigError(f"engine.model: {config.engine.model}: no such file")
+    if config.story.min_sentence_chars >= config.story.max_sentence_chars:
+        raise ConfigError("story.min_sentence_chars must be below story.max_sentence_chars")

@@ -1,0 +1,89 @@
+"""The robot's event vocabulary. Tasks post these to the one coroutine that owns the robot's state.
+
+Times are time.monotonic() seconds.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+
+class State(enum.Enum):
+    IDLE = "idle"  # waiting for a button press or speech
+    LISTENING = "listening"  # taking a request
+    THINKING = "thinking"  # a story was asked for; nothing is audible yet
+    SPEAKING = "speaking"  # the story is being told
+    DEGRADED = "degraded"  # something it needs is missing; it says so and keeps trying
+    STOPPING = "stopping"  # shutting down
+
+
+class Source(enum.Enum):
+    TEXT = "text"  # a typed request (storybot tell)
+    VOICE = "voice"
+    BUTTON = "button"  # a push button, or Enter on a terminal
+
+
+@dataclass(frozen=True)
+class ListenRequested:
+    """Start taking a request now (push-to-talk)."""
+
+    source: Source
+
+
+@dataclass(frozen=True)
+class SpeechStarted:
+    at: float
+
+
+@dataclass(frozen=True)
+class TranscriptPartial:
+    text: str
+
+
+@dataclass(frozen=True)
+class TranscriptFinal:
+    text: str
+    end_of_speech_at: float  # when the voice-activity detector saw the last speech frame
+
+
+@dataclass(frozen=True)
+class StoryRequested:
+    text: str
+    source: Source
+    at: float
+
+
+@dataclass(frozen=True)
+class StoryAudible:
+    """The first sample of the story reached the speaker."""
+
+    at: float
+
+
+@dataclass(frozen=True)
+class StoryEnded:
+    result: object  # robot.story.StoryResult
+
+
+@dataclass(frozen=True)
+class StopRequested:
+    """Stop the story (button press while speaking)."""
+
+    source: Source
+
+
+@dataclass(frozen=True)
+class ListenerFailed:
+    message: str
+
+
+@dataclass(frozen=True)
+class ShutdownRequested:
+    reason: str
+
+
+Event = (
+    ListenRequested | SpeechStarted | TranscriptPartial | TranscriptFinal | StoryRequested | StoryAudible
+    | StoryEnded | StopRequested | ListenerFailed | ShutdownRequested
+)

@@ -1,0 +1,194 @@
+"""The robot: one coroutine owns its state; the listener, the story and the button only post events to it."""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import time
+from collections.abc import Callable
+from typing import TextIO
+
+from audio.playback import Sink
+from audio.tts import Tts
+from robot.config import Config
+from robot.engine_host import EngineHost, EngineUnavailable
+from robot.events import (
+    Event, ListenerFailed, ListenRequested, ShutdownRequested, Source, SpeechStarted, State, StopRequested,
+    StoryAudible, StoryEnded, StoryRequested, TranscriptFinal, TranscriptPartial,
+)
+from robot.prompt import build_prompt
+from robot.story import StoryResult, StoryTeller, StoryTimings
+
+log = logging.getLogger(__name__)
+
+EVENT_QUEUE_SIZE = 64
+
+
+class Mode(enum.Enum):
+    TELL = "tell"  # one story from text, then exit
+    LISTEN = "listen"  # one voice request, one story, then exit
+    DAEMON = "run"  # forever
+
+
+class Robot:
+    def __init__(
+        self,
+        config: Config,
+        mode: Mode,
+        *,
+        engine_host: EngineHost,
+        tts: Tts,
+        open_sink: Callable[[], Sink],
+        story_out: TextIO,
+        diag_out: TextIO,
+    ) -> None:
+        self.config = config
+        self.mode = mode
+        self.state = State.IDLE
+        self.results: list[StoryResult] = []
+        self.exit_code = 0
+        self.end_of_speech_at: float | None = None  # of the request that started the current story
+        self._engine_host = engine_host
+        self._open_sink = open_sink
+        self._teller = StoryTeller(config, tts, self._on_sentence)
+        self._story_out = story_out
+        self._diag = diag_out
+        self._events: asyncio.Queue[Event] = asyncio.Queue(EVENT_QUEUE_SIZE)
+        self._dropped_events = 0
+        self._story_task: asyncio.Task | None = None
+        self._sink: Sink | None = None
+
+    # --- what other tasks may call ------------------------------------------------------------------
+
+    def post(self, event: Event) -> None:
+        """Queue an event for the state owner; when the queue is full the event is dropped and counted."""
+        try:
+            self._events.put_nowait(event)
+        except asyncio.QueueFull:
+            self._dropped_events += 1
+            if self._dropped_events == 1:
+                log.warning("event queue full; dropping %s", type(event).__name__)
+
+    @property
+    def is_listening_allowed(self) -> bool:
+        """Half-duplex gate: the microphone counts only while the robot is not thinking or speaking."""
+        return self.state in (State.IDLE, State.LISTENING)
+
+    # --- the state owner ----------------------------------------------------------------------------
+
+    async def run(self) -> int:
+        while self.state is not State.STOPPING:
+            event = await self._events.get()
+            try:
+                await self._handle(event)
+            except Exception:  # a bug in one handler must not take the robot down
+                log.exception("handling %s failed; back to idle", type(event).__name__)
+                await self._stop_story()
+                self._set_state(State.IDLE)
+        await self._stop_story()
+        return self.exit_code
+
+    async def _handle(self, event: Event) -> None:
+        match event:
+            case ListenRequested() if self.state in (State.THINKING, State.SPEAKING):
+                await self._stop_story()  # a press while the robot talks stops the story
+                self._set_state(State.IDLE)
+            case ListenRequested() | SpeechStarted() if self.state is State.IDLE:
+                self._set_state(State.LISTENING)
+            case TranscriptPartial(text=text) if self.state is State.LISTENING:
+                log.debug("partial: %s", text)
+            case TranscriptFinal(text=text) if self.state in (State.IDLE, State.LISTENING):
+                print(f"heard: {text!r}", file=self._diag, flush=True)
+                if text.strip():
+                    self.end_of_speech_at = event.end_of_speech_at
+                    self._start_story(text, Source.VOICE, event.end_of_speech_at)
+                else:
+                    self._set_state(State.IDLE)  # nothing understood: keep waiting
+            case StoryRequested(text=text, source=source, at=at) if self.state in (State.IDLE, State.LISTENING):
+                self._start_story(text, source, at)
+            case StoryAudible() if self.state is State.THINKING:
+                self._set_state(State.SPEAKING)
+            case StoryEnded(result=result):
+                self._finish_story(result)
+            case StopRequested() if self.state in (State.THINKING, State.SPEAKING):
+                await self._stop_story()
+                self._set_state(State.IDLE)
+            case ListenerFailed(message=message):
+                print(f"storybot: microphone: {message}", file=self._diag, flush=True)
+                if self.mode is Mode.LISTEN:
+                    self.exit_code = 69  # EX_UNAVAILABLE: nothing to listen with
+                    self._set_state(State.STOPPING)
+            case ShutdownRequested(reason=reason):
+                log.info("shutting down: %s", reason)
+                self._set_state(State.STOPPING)
+            case _:
+                log.debug("%s ignored in state %s", type(event).__name__, self.state.value)
+
+    def _set_state(self, state: State) -> None:
+        if state is not self.state:
+            log.info("state %s -> %s", self.state.value, state.value)
+            self.state = state
+
+    # --- stories ------------------------------------------------------------------------------------
+
+    def _start_story(self, text: str, source: Source, requested_at: float) -> None:
+        prompt = build_prompt(text)
+        log.info("story requested (%s): %r -> %r", source.value, text, prompt.opening)
+        self._set_state(State.THINKING)
+        self._story_task = asyncio.create_task(self._tell(prompt, requested_at), name="story")
+
+    async def _tell(self, prompt, requested_at: float) -> None:
+        sink = self._sink = self._open_sink()
+        try:
+            try:
+                engine = await self._engine_host.get()
+            except EngineUnavailable as e:
+                log.error("no engine: %s", e)
+                result = StoryResult(prompt=prompt, outcome=f"engine unavailable: {e}", timings=StoryTimings(requested_at))
+                if e.is_permanent:
+                    self.exit_code = 65
+            else:
+                result = await self._teller.tell(prompt, engine, sink, requested_at)
+        finally:
+            self._sink = None
+            await sink.close()
+        self.post(StoryEnded(result))
+
+    def _on_sentence(self, index: int, sentence: str) -> None:
+        if index == 0:
+            self.post(StoryAudible(at=time.monotonic()))
+        print(sentence, file=self._story_out, flush=True)
+
+    def _finish_story(self, result: StoryResult) -> None:
+        self._story_task = None
+        self.results.append(result)
+        self._print_timings(result)
+        if result.outcome.startswith("engine unavailable") and self.mode is not Mode.DAEMON:
+            self.exit_code = self.exit_code or 69
+        self._set_state(State.STOPPING if self.mode is not Mode.DAEMON else State.IDLE)
+
+    async def _stop_story(self) -> None:
+        task, self._story_task = self._story_task, None
+        if self._sink is not None:
+            self._sink.stop()
+        if task is not None and not task.done():
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+    def _print_timings(self, result: StoryResult) -> None:
+        t = result.timings
+        parts = [f"story {result.outcome}", f"{len(result.sentences)} sentences"]
+        start = self.end_of_speech_at if self.end_of_speech_at is not None else t.requested_at
+        label = "end of speech" if self.end_of_speech_at is not None else "request"
+        if t.first_audio_at is not None:
+            parts.append(f"{label} -> first audio {t.first_audio_at - start:.2f} s")
+        if t.first_token_at is not None:
+            parts.append(f"first token {t.first_token_at - t.requested_at:.2f} s")
+        if t.tokens:
+            parts.append(f"{t.tokens} tokens at {t.tokens_per_s:.1f} tok/s")
+        if t.generation_done_at is not None:
+            parts.append(f"generation {t.generation_done_at - t.requested_at:.2f} s")
+        if t.speech_done_at is not None:
+            parts.append(f"speech done {t.speech_done_at - t.requested_at:.2f} s")
+        print("timings: " + "; ".join(parts), file=self._diag, flush=True)
