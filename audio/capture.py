@@ -19,6 +19,7 @@ log = logging.getLogger(__name__)
 RATE_HZ = 16000
 QUEUE_FRAMES = 256  # ~7.7 s of 30 ms frames; past it the oldest frame is dropped and counted
 FRAME_WATCHDOG_S = 2.0
+FIRST_FRAME_WATCHDOG_S = 5.0  # a stream may take a while to deliver its first block
 
 
 class MicStalled(RuntimeError):
@@ -36,6 +37,7 @@ class Microphone:
         self._resampler = None
         self.dropped_frames = 0
         self.overflows = 0
+        self._has_frames = False
         self.device_description = ""
 
     def open(self) -> None:
@@ -66,6 +68,7 @@ class Microphone:
         stream = sd.InputStream(
             samplerate=rate, channels=channels, dtype="int16", device=index,
             blocksize=max(1, rate * self.frame_samples // RATE_HZ), callback=self._callback,
+            latency="low",  # the default ("high") holds the first block back for 2 s on ALSA's pulse plugin
         )
         stream.start()
         return stream
@@ -94,10 +97,13 @@ class Microphone:
             self._queue.get_nowait()
 
     async def read(self) -> np.ndarray:
+        timeout_s = FRAME_WATCHDOG_S if self._has_frames else FIRST_FRAME_WATCHDOG_S
         try:
-            return await asyncio.wait_for(self._queue.get(), FRAME_WATCHDOG_S)
+            frame = await asyncio.wait_for(self._queue.get(), timeout_s)
         except TimeoutError:
-            raise MicStalled(f"no audio from the microphone for {FRAME_WATCHDOG_S:g} s") from None
+            raise MicStalled(f"no audio from the microphone for {timeout_s:g} s") from None
+        self._has_frames = True
+        return frame
 
     def close(self) -> None:
         if self._stream is not None:

@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(
         level=(logging.WARNING, logging.INFO, logging.DEBUG)[min(args.verbose, 2)],
-        stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr, format="%(relativeCreated)7.0f %(levelname)s %(name)s: %(message)s",
     )
     try:
         config = load_config(args.config, args.overrides)
@@ -148,16 +148,28 @@ def _make_listener(config: Config, robot):
     from audio.capture import Microphone
     from audio.vad import VadSettings
     from robot.listener import Listener
+    from robot.paths import state_dir
 
     vad = config.vad
     return Listener(
         robot.post,
         make_microphone=lambda: Microphone(config.audio.input_device, config.audio.block_ms),
-        make_recognizer=lambda: build_recognizer(config.asr.backend, config.asr.vosk_model, config.asr.grammar),
+        make_recognizer=lambda: build_recognizer(config.asr.backend, config.asr.vosk_model, config.asr.grammar,
+                                                 _jsgf_file(config.asr.pocketsphinx_search), str(state_dir())),
         vad_settings=VadSettings(config.audio.block_ms, vad.margin_db, vad.min_level_dbfs, vad.preroll_ms,
                                  vad.min_speech_ms, vad.end_silence_ms, vad.max_utterance_s),
         is_open=lambda: robot.is_listening_allowed,
     )
+
+
+def _jsgf_file(search: str) -> str | None:
+    from robot.paths import assets_dir
+
+    if search == "general":
+        return None
+    if search == "story-requests":
+        return str(assets_dir() / "asr" / "story-requests.jsgf")
+    return search
 
 
 async def _warm_up(host) -> None:

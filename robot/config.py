@@ -53,6 +53,9 @@ class AsrConfig:
     backend: str = _opt("pocketsphinx", choices=("pocketsphinx", "vosk"))
     vosk_model: str = _opt("")  # a Vosk model directory; required when backend = "vosk"
     grammar: tuple[str, ...] = _opt(())  # phrases to restrict recognition to; empty for free speech
+    # PocketSphinx's search: "story-requests" (assets/asr/story-requests.jsgf), "general" (its English model),
+    # or the path of a JSGF grammar file
+    pocketsphinx_search: str = _opt("story-requests")
 
 
 @dataclass(frozen=True)
@@ -211,6 +214,9 @@ def check_semantics(config: Config) -> None:
         raise ConfigError("asr.vosk_model: required when asr.backend = \"vosk\" (a Vosk model directory)")
     if config.asr.vosk_model and not Path(config.asr.vosk_model).is_dir():
         raise ConfigError(f"asr.vosk_model: {config.asr.vosk_model} is not a directory")
+    search = config.asr.pocketsphinx_search
+    if search not in ("story-requests", "general") and not Path(search).is_file():
+        raise ConfigError(f"asr.pocketsphinx_search: {search!r} is neither story-requests, general nor a JSGF file")
     if config.engine.model and not Path(config.engine.model).is_file():
         raise ConfigError(f"engine.model: {config.engine.model}: no such file")
     if config.story.min_sentence_chars >= config.story.max_sentence_chars:

@@ -16,3 +16,12 @@ def assets_dir() -> Path:
     if checkout.is_dir():
         return checkout
     return Path(sys.prefix) / "share" / "storybot" / "assets"
+
+
+def state_dir() -> Path:
+    """STORYBOT_STATE_DIR (systemd's StateDirectory sets it), else $XDG_STATE_HOME/storybot."""
+    override = os.environ.get("STORYBOT_STATE_DIR")
+    if override:
+        return Path(override)
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "storybot"

@@ -100,6 +100,7 @@ class Robot:
                 log.debug("partial: %s", text)
             case TranscriptFinal(text=text) if self.state in (State.IDLE, State.LISTENING):
                 print(f"heard: {text!r}", file=self._diag, flush=True)
+                log.info("transcript ready %.2f s after the end of speech", time.monotonic() - event.end_of_speech_at)
                 if text.strip():
                     self.end_of_speech_at = event.end_of_speech_at
                     self._start_story(text, Source.VOICE, event.end_of_speech_at)
@@ -139,7 +140,9 @@ class Robot:
         self._story_task = asyncio.create_task(self._tell(prompt, requested_at), name="story")
 
     async def _tell(self, prompt, requested_at: float) -> None:
-        sink = self._sink = self._open_sink()
+        # the speaker opens (a blocking PortAudio call) in a thread while the opening sentence is synthesized
+        opening = asyncio.ensure_future(asyncio.to_thread(self._open_sink))
+        opening.add_done_callback(self._sink_opened)
         try:
             try:
                 engine = await self._engine_host.get()
@@ -149,13 +152,20 @@ class Robot:
                 if e.is_permanent:
                     self.exit_code = 65
             else:
-                result = await self._teller.tell(prompt, engine, sink, requested_at)
+                result = await self._teller.tell(prompt, engine, opening, requested_at)
         finally:
             self._sink = None
-            await sink.close()
+            sink = await asyncio.shield(opening) if not opening.cancelled() else None
+            if sink is not None:
+                await sink.close()
         self.post(StoryEnded(result))
 
+    def _sink_opened(self, opening: asyncio.Future) -> None:
+        if not opening.cancelled() and opening.exception() is None:
+            self._sink = opening.result()
+
     def _on_sentence(self, index: int, sentence: str) -> None:
+        log.debug("sentence %d starts playing", index)
         if index == 0:
             self.post(StoryAudible(at=time.monotonic()))
         print(sentence, file=self._story_out, flush=True)

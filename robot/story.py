@@ -10,9 +10,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
+from audio.devices import DeviceError
 from audio.playback import PlaybackError, Sink
 from audio.speech import Audio
 from audio.tts import Tts, TtsError
@@ -76,8 +77,8 @@ class StoryTeller:
         self._tts = tts
         self._on_sentence = on_sentence
 
-    async def tell(self, prompt: StoryPrompt, engine, sink: Sink, requested_at: float) -> StoryResult:
-        """Tell the story to the sink. Cancelling the task that runs this stops it at once."""
+    async def tell(self, prompt: StoryPrompt, engine, sink: Awaitable[Sink], requested_at: float) -> StoryResult:
+        """Tell the story to the sink (still opening, perhaps). Cancelling the task that runs this stops it at once."""
         result = StoryResult(prompt=prompt, timings=StoryTimings(requested_at=requested_at))
         sentences: asyncio.Queue[str | None] = asyncio.Queue(self._config.story.queue_sentences)
         speech: asyncio.Queue[tuple[str, Audio] | None] = asyncio.Queue(2)
@@ -88,14 +89,12 @@ class StoryTeller:
         ]
         try:
             await stages[2]
-        except PlaybackError as e:
+        except (PlaybackError, DeviceError) as e:
             result.outcome = f"speaker failed: {e}"
         finally:
             for task in stages:
                 task.cancel()
             await asyncio.gather(*stages, return_exceptions=True)
-        if result.timings.first_audio_at is None:
-            result.timings.first_audio_at = sink.first_audio_monotonic
         return result
 
     async def _generate(self, prompt: StoryPrompt, engine, out: asyncio.Queue, result: StoryResult) -> None:
@@ -149,14 +148,18 @@ class StoryTeller:
     async def _synthesize(self, sentences: asyncio.Queue, out: asyncio.Queue) -> None:
         while (sentence := await sentences.get()) is not None:
             try:
+                started = time.monotonic()
                 audio = await self._tts.synthesize(sentence)
+                log.debug("synthesized %.1f s of speech in %.3f s", audio.duration_s, time.monotonic() - started)
             except TtsError as e:
                 log.warning("sentence skipped: %s", e)
                 continue
             await out.put((sentence, audio))
         await out.put(None)
 
-    async def _speak(self, speech: asyncio.Queue, sink: Sink, result: StoryResult) -> None:
+    async def _speak(self, speech: asyncio.Queue, opening_sink: Awaitable[Sink], result: StoryResult) -> None:
+        sink = await opening_sink
+        log.debug("speaker open")
         while (item := await speech.get()) is not None:
             sentence, audio = item
             self._on_sentence(len(result.sentences), sentence)
