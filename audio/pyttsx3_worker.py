@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 
@@ -15,6 +16,8 @@ def main() -> int:
     parser.add_argument("--voice", default="", help="espeak-ng voice, e.g. en or ko")
     parser.add_argument("--rate", type=int, default=150, help="words per minute")
     args = parser.parse_args()
+    replies = os.fdopen(os.dup(sys.stdout.fileno()), "w")
+    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())  # espeak prints to stdout; keep it out of the replies
     import pyttsx3
 
     engine = pyttsx3.init("espeak")
@@ -30,8 +33,8 @@ def main() -> int:
             reply = {"ok": True}
         except Exception as e:  # one bad sentence must not end the worker
             reply = {"error": f"{type(e).__name__}: {e}"}
-        sys.stdout.write(json.dumps(reply) + "\n")
-        sys.stdout.flush()
+        replies.write(json.dumps(reply) + "\n")
+        replies.flush()
     return 0
 
 

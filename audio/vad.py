@@ -15,6 +15,11 @@ import numpy as np
 from audio.speech import rms_dbfs
 
 
+CALIBRATION_FRAMES = 10  # ~0.3 s of room sound before any detection
+FLOOR_FALL = 0.2  # per frame, towards a quieter level
+FLOOR_RISE = 0.01  # per frame, towards a louder one (a ~3 s time constant at 30 ms frames)
+
+
 class VadEvent(enum.Enum):
     NONE = "none"  # nothing changed; frames (if any) belong to the ongoing utterance
     STARTED = "started"  # speech began; frames carries the pre-roll and this frame
@@ -48,6 +53,7 @@ class EnergyVad:
         self._end_frames = frames(settings.end_silence_ms)
         self._max_frames = frames(settings.max_utterance_s * 1000)
         self.noise_floor_dbfs = -70.0
+        self._calibration_left = CALIBRATION_FRAMES
         self.is_in_speech = False
         self._voiced_run = 0
         self._silent_run = 0
@@ -63,9 +69,16 @@ class EnergyVad:
 
     def process(self, frame: np.ndarray) -> VadResult:
         level = rms_dbfs(frame)
+        if self._calibration_left > 0:  # the first frames only teach the detector what the room sounds like
+            self._calibration_left -= 1
+            self.noise_floor_dbfs = level if self._calibration_left == CALIBRATION_FRAMES - 1 else min(
+                self.noise_floor_dbfs + 0.3 * (level - self.noise_floor_dbfs), max(level, self.noise_floor_dbfs))
+            self._preroll.append(frame)
+            return VadResult(VadEvent.NONE, ())
         voiced = self.is_voiced(level)
-        if not voiced:  # the floor follows quiet frames quickly and loud ones never
-            self.noise_floor_dbfs += 0.05 * (level - self.noise_floor_dbfs)
+        if not self.is_in_speech:  # the floor falls to quiet frames quickly and rises to steady noise slowly
+            rate = FLOOR_FALL if level < self.noise_floor_dbfs else FLOOR_RISE
+            self.noise_floor_dbfs += rate * (level - self.noise_floor_dbfs)
         if not self.is_in_speech:
             self._preroll.append(frame)
             self._voiced_run = self._voiced_run + 1 if voiced else 0

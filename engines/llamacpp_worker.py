@@ -71,9 +71,9 @@ def _skip_to_newline(stream: BinaryIO) -> None:
 class Worker:
     """Owns one loaded model. The main thread generates; a reader thread takes frames from stdin."""
 
-    def __init__(self, llm, model_path: str, writer: FrameWriter) -> None:
+    def __init__(self, llm, context_tokens: int, writer: FrameWriter) -> None:
         self._llm = llm
-        self._model_path = model_path
+        self.context_tokens = context_tokens
         self._out = writer
         self._requests: queue.Queue[p.Generate | None] = queue.Queue(maxsize=4)
         self._cancel_id: int | None = None
@@ -111,14 +111,14 @@ class Worker:
     def serve(self) -> None:
         while (request := self._requests.get()) is not None:
             try:
-                self._out.send(self._generate(request))
+                reply = self._generate(request)
             except Exception as e:  # a failure of one request must not end the engine
                 log.exception("generation %d failed", request.id)
-                self._out.send(p.Error(code=p.ErrorCode.INTERNAL, message=f"{type(e).__name__}: {e}", id=request.id))
-            finally:
-                with self._lock:
-                    self._busy_id = None
-                    self._cancel_id = None
+                reply = p.Error(code=p.ErrorCode.INTERNAL, message=f"{type(e).__name__}: {e}", id=request.id)
+            with self._lock:  # free before replying: the parent may send its next request at once
+                self._busy_id = None
+                self._cancel_id = None
+            self._out.send(reply)
 
     def _is_cancelled(self, request_id: int) -> bool:
         with self._lock:
@@ -128,11 +128,11 @@ class Worker:
         started = time.monotonic()
         llm = self._llm
         prompt_tokens = llm.tokenize(request.prompt.encode("utf-8"), add_bos=True, special=False)
-        room = llm.n_ctx() - len(prompt_tokens)
+        room = self.context_tokens - len(prompt_tokens)
         if room < 1:
             return p.Error(
                 code=p.ErrorCode.BAD_REQUEST,
-                message=f"prompt is {len(prompt_tokens)} tokens; the context holds {llm.n_ctx()}",
+                message=f"prompt is {len(prompt_tokens)} tokens; the context holds {self.context_tokens}",
                 id=request.id,
             )
         max_tokens = min(request.max_tokens, room)
@@ -247,12 +247,13 @@ def main(argv: list[str] | None = None) -> int:
     writer = FrameWriter(stdout)
     started = time.monotonic()
     llm = load_model(args.model, args.threads, args.context, args.batch)
-    worker = Worker(llm, args.model, writer)
+    # llama.cpp rounds its context up (to 256) but llama-cpp-python sizes its buffers by what was asked
+    worker = Worker(llm, min(llm.n_ctx(), args.context), writer)
     writer.send(
         p.Ready(
             engine="llama.cpp",
             model=args.model,
-            context_tokens=llm.n_ctx(),
+            context_tokens=worker.context_tokens,
             load_ms=(time.monotonic() - started) * 1000.0,
         )
     )

@@ -141,7 +141,7 @@ def _parse_override(item: str) -> dict[str, Any]:
     key, sep, raw = item.partition("=")
     section, dot, name = key.strip().partition(".")
     if not sep or not dot or not section or not name:
-        raise ConfigError(f"--set {item!r}: expected section.key=value, e.g. engine.threads=2")
+        raise ConfigError(f"--set {item}: expected section.key=value, e.g. engine.threads=2")
     try:
         value = tomllib.loads(f"v = {raw.strip()}")["v"]
     except tomllib.TOMLDecodeError:

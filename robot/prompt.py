@@ -70,7 +70,7 @@ def extract_subject(request: str) -> str:
     text = clean_request(request)
     subject = _REQUEST_LEAD.sub("", text, count=1)
     subject = _TRAILING.sub("", subject)
-    subject = re.sub(r"[\"“”]", "", subject).strip(" ,;:-")
+    subject = re.sub(r"[^\w\s',-]", " ", subject).strip(" ,;:-")  # words only: no quotes, brackets, symbols
     words = subject.split()[:MAX_SUBJECT_WORDS]
     subject = " ".join(words)[:MAX_SUBJECT_CHARS].rstrip(" ,;:-")
     if not any(ch.isalpha() for ch in subject):

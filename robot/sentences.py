@@ -86,11 +86,11 @@ def _is_boundary(buf: str, m: re.Match, end: int) -> bool:
 
 def _cut_run_on(text: str, max_chars: int) -> tuple[str, str]:
     head = text[:max_chars]
-    for sep in (", ", "; ", ": ", " "):
+    for sep, earliest in ((", ", max_chars // 3), ("; ", max_chars // 3), (": ", max_chars // 3), (" ", 0)):
         i = head.rfind(sep)
-        if i > max_chars // 3:
+        if i > earliest:
             return text[: i + len(sep)], text[i + len(sep) :]
-    return head, text[max_chars:]  # one huge "word": nothing better to do
+    return head, text[max_chars:]  # a single word longer than max_chars: nothing better to do
 
 
 def clean_sentence(text: str) -> str:
