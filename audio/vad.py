@@ -1,4 +1,9 @@
-"""Voice-activity detection on 16 kHz int16 frames: an energy detector over a tracked noise floor.
+"""Voice-activity detection on 16 kHz int16 frames: an energy detector over a minimum-statistics noise floor.
+
+The noise floor is the quietest frame of the last FLOOR_WINDOW_S outside speech. Speech always has gaps between
+words, so the floor finds the room's level even when listening begins in the middle of a sentence, and steady
+noise (a fan) sets its own floor instead of passing for speech. (WebRTC's VAD was tried: it takes steady white
+noise at -40 dBFS for speech in every frame.)
 
 It keeps a pre-roll of the frames before speech, so that the first syllable reaches the recognizer, and ends an
 utterance after a stretch of silence or at a length limit.
@@ -15,9 +20,8 @@ import numpy as np
 from audio.speech import rms_dbfs
 
 
-CALIBRATION_FRAMES = 10  # ~0.3 s of room sound before any detection
-FLOOR_FALL = 0.2  # per frame, towards a quieter level
-FLOOR_RISE = 0.01  # per frame, towards a louder one (a ~3 s time constant at 30 ms frames)
+FLOOR_WINDOW_S = 1.5
+INITIAL_FLOOR_DBFS = -70.0
 
 
 class VadEvent(enum.Enum):
@@ -52,8 +56,7 @@ class EnergyVad:
         self._start_frames = frames(settings.min_speech_ms)
         self._end_frames = frames(settings.end_silence_ms)
         self._max_frames = frames(settings.max_utterance_s * 1000)
-        self.noise_floor_dbfs = -70.0
-        self._calibration_left = CALIBRATION_FRAMES
+        self._recent_levels: collections.deque[float] = collections.deque(maxlen=frames(FLOOR_WINDOW_S * 1000))
         self.is_in_speech = False
         self._voiced_run = 0
         self._silent_run = 0
@@ -64,21 +67,18 @@ class EnergyVad:
         self.is_in_speech = False
         self._voiced_run = self._silent_run = self._length = 0
 
+    @property
+    def noise_floor_dbfs(self) -> float:
+        return min(self._recent_levels, default=INITIAL_FLOOR_DBFS)
+
     def is_voiced(self, level_dbfs: float) -> bool:
         return level_dbfs >= max(self.noise_floor_dbfs + self._s.margin_db, self._s.min_level_dbfs)
 
     def process(self, frame: np.ndarray) -> VadResult:
         level = rms_dbfs(frame)
-        if self._calibration_left > 0:  # the first frames only teach the detector what the room sounds like
-            self._calibration_left -= 1
-            self.noise_floor_dbfs = level if self._calibration_left == CALIBRATION_FRAMES - 1 else min(
-                self.noise_floor_dbfs + 0.3 * (level - self.noise_floor_dbfs), max(level, self.noise_floor_dbfs))
-            self._preroll.append(frame)
-            return VadResult(VadEvent.NONE, ())
+        if not self.is_in_speech:  # the floor is learnt outside speech and held during it
+            self._recent_levels.append(level)
         voiced = self.is_voiced(level)
-        if not self.is_in_speech:  # the floor falls to quiet frames quickly and rises to steady noise slowly
-            rate = FLOOR_FALL if level < self.noise_floor_dbfs else FLOOR_RISE
-            self.noise_floor_dbfs += rate * (level - self.noise_floor_dbfs)
         if not self.is_in_speech:
             self._preroll.append(frame)
             self._voiced_run = self._voiced_run + 1 if voiced else 0

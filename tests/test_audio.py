@@ -226,3 +226,14 @@ def test_the_vad_cuts_off_an_endless_utterance(espeak):
     events = vad_events(speech, settings)
     assert events[0][1] is VadEvent.STARTED and events[1][1] is VadEvent.ENDED
     assert events[1][0] - events[0][0] <= 1000 / 30 + 1
+
+
+def test_the_vad_finds_speech_when_listening_begins_in_the_middle_of_it(espeak):
+    """The microphone may open while someone is already talking: the floor must not be learnt from speech."""
+    speech = espeak("tell me a story about a dragon who loves tea, and a cat who likes milk")
+    loud = np.flatnonzero(np.abs(speech) > 1000)
+    middle = speech[loud[0] + len(speech) // 4 :]
+    middle = middle + np.random.default_rng(2).normal(0, 30, len(middle)).astype(np.int16)  # a quiet room
+    events = vad_events(middle)
+    assert events and events[0][1] is VadEvent.STARTED
+    assert events[0][0] * 0.03 < 1.0, f"speech found only after {events[0][0] * 0.03:.2f} s"

@@ -1,0 +1,142 @@
+"""End to end in the virtual sound room: a spoken request goes into `room`, the story comes out of `speaker`.
+
+Every sound here crosses a real PulseAudio server: espeak-ng's voice is played into the `room` sink, storybot
+captures `room.monitor` through PortAudio/ALSA, and the test records `speaker.monitor`. Each recorded chunk is
+stamped with the monotonic time it arrived (never earlier than the sound itself), which storybot's timings share.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.conftest import STORYBOT, speech_frames, write_wav
+
+CHUNK_BYTES = 1600  # 50 ms of 16 kHz mono s16le
+
+
+class Recorder:
+    """Records speaker.monitor; chunks carry their arrival time."""
+
+    def __init__(self) -> None:
+        self._proc = subprocess.Popen(
+            ["parec", "-d", "speaker.monitor", "--format=s16le", "--rate=16000", "--channels=1", "--latency-msec=20"],
+            stdout=subprocess.PIPE,
+        )
+        self.chunks: list[tuple[float, np.ndarray]] = []
+        self._thread = threading.Thread(target=self._read, daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        while data := self._proc.stdout.read(CHUNK_BYTES):
+            self.chunks.append((time.monotonic(), np.frombuffer(data, dtype="<i2")))
+
+    def stop(self) -> None:
+        self._proc.terminate()
+        self._proc.wait(10)
+        self._thread.join(10)
+
+    def speech_seconds(self) -> float:
+        if not self.chunks:
+            return 0.0
+        audio = np.concatenate([c for _, c in self.chunks])
+        return float(speech_frames(audio).sum()) * 0.05
+
+    def first_speech_arrival(self) -> float | None:
+        for arrived, chunk in self.chunks:
+            if len(chunk) and speech_frames(chunk, frame_ms=len(chunk) * 1000 // 16000 or 1).any():
+                return arrived
+        return None
+
+
+def wait_for_line(stream, needle: str, timeout_s: float, seen: list[str]) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        line = stream.readline()
+        if not line:
+            break
+        seen.append(line)
+        if needle in line:
+            return
+    pytest.fail(f"no {needle!r} within {timeout_s} s; stderr so far: {''.join(seen)[-2000:]}")
+
+
+@pytest.mark.soundroom
+def test_a_spoken_request_is_heard_and_told_out_loud(sound_room, espeak, tmp_path):
+    request = write_wav(tmp_path / "request.wav", espeak("tell me a story about a dragon who loves tea"), 16000)
+    timings = tmp_path / "timings.json"
+    recorder = Recorder()
+    robot = subprocess.Popen(
+        [STORYBOT, "listen", "-v", "--timings-json", str(timings), "--set", "engine.max_tokens=80",
+         "--set", "engine.seed=5"],
+        env={**sound_room.env(), "STORYBOT_STATE_DIR": str(tmp_path / "state")},
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        stderr: list[str] = []
+        wait_for_line(robot.stderr, "listening on", 60, stderr)
+        time.sleep(0.5)  # room sound for the detector's calibration
+        sound_room.play_into_room(request)
+        stdout, rest = robot.communicate(timeout=180)
+        stderr.append(rest)
+    finally:
+        robot.kill()
+        recorder.stop()
+    err = "".join(stderr)
+    assert robot.returncode == 0, err[-3000:]
+    heard = [line for line in err.splitlines() if line.startswith("heard: ")]
+    assert heard and "dragon" in heard[0], err[-3000:]
+    sentences = stdout.splitlines()
+    assert sentences[0] == "Once upon a time, there was a dragon who loved tea."
+    assert len(sentences) >= 3
+    record = json.loads(timings.read_text())
+    result = record["results"][0]
+    assert result["outcome"] == "finished" and result["sentences"] == sentences
+    assert recorder.speech_seconds() >= 2.0
+    first_sound = recorder.first_speech_arrival()
+    assert first_sound is not None
+    assert first_sound < result["generation_done_at"], "the story was not heard before generation finished"
+    assert record["end_of_speech_at"] < first_sound
+
+
+@pytest.mark.soundroom
+def test_tell_speaks_every_sentence_to_the_default_output(sound_room, tmp_path):
+    recorder = Recorder()
+    try:
+        proc = subprocess.run(
+            [STORYBOT, "tell", "a cat who likes milk", "--set", "engine.max_tokens=40", "--set", "engine.seed=2"],
+            env=sound_room.env(), capture_output=True, text=True, timeout=180, stdin=subprocess.DEVNULL,
+        )
+    finally:
+        time.sleep(0.3)
+        recorder.stop()
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    sentences = proc.stdout.splitlines()
+    assert sentences[0] == "Once upon a time, there was a cat who liked milk."
+    assert "timings:" in proc.stderr and "first audio" in proc.stderr
+    # roughly 2.5 words a second: every sentence printed was also heard
+    words = sum(len(s.split()) for s in sentences)
+    assert recorder.speech_seconds() >= 0.5 * words / 2.5
+
+
+@pytest.mark.soundroom
+def test_devices_lists_what_portaudio_sees(sound_room):
+    proc = subprocess.run([STORYBOT, "devices"], env=sound_room.env(), capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert "pulse" in proc.stdout and "<in" in proc.stdout and "<out" in proc.stdout
+
+
+@pytest.mark.soundroom
+def test_a_missing_device_name_lists_the_real_ones(sound_room):
+    proc = subprocess.run(
+        [STORYBOT, "listen", "--set", "audio.input_device=usb-mic-that-is-not-here"],
+        env=sound_room.env(), capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL,
+    )
+    assert proc.returncode == 69
+    assert "no input device named like 'usb-mic-that-is-not-here'" in proc.stderr and "'pulse'" in proc.stderr
