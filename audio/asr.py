@@ -82,7 +82,9 @@ class PocketSphinxRecognizer:
 
     name = "pocketsphinx"
 
-    def __init__(self, grammar: tuple[str, ...] = (), jsgf_file: str | None = None, cmn_file: str | None = None) -> None:
+    def __init__(
+        self, grammar: tuple[str, ...] = (), jsgf_file: str | None = None, cmn_file: str | None = None
+    ) -> None:
         """grammar: phrases to choose from; jsgf_file: a JSGF grammar; neither: the general English model.
 
         cmn_file keeps the adapted cepstral mean across restarts, so only a new device's first request needs

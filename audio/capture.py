@@ -51,7 +51,9 @@ class Microphone:
             return
         except sd.PortAudioError as first:
             rate, channels = int(device.default_rate_hz), max(1, min(device.max_input_channels, 2))
-            log.info("%s refused %d Hz mono (%s); trying %d Hz, %d channels", device.name, RATE_HZ, first, rate, channels)
+            log.info(
+                "%s refused %d Hz mono (%s); trying %d Hz, %d channels", device.name, RATE_HZ, first, rate, channels
+            )
         import soxr
 
         try:
@@ -66,8 +68,12 @@ class Microphone:
 
     def _start(self, sd, index: int, rate: int, channels: int):
         stream = sd.InputStream(
-            samplerate=rate, channels=channels, dtype="int16", device=index,
-            blocksize=max(1, rate * self.frame_samples // RATE_HZ), callback=self._callback,
+            samplerate=rate,
+            channels=channels,
+            dtype="int16",
+            device=index,
+            blocksize=max(1, rate * self.frame_samples // RATE_HZ),
+            callback=self._callback,
             latency="low",  # the default ("high") holds the first block back for 2 s on ALSA's pulse plugin
         )
         stream.start()

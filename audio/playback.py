@@ -57,8 +57,14 @@ class SoundDeviceSink:
         self.device_name = device.name
         try:
             self._stream = sd.OutputStream(
-                samplerate=rate_hz, channels=1, dtype="int16", device=device.index,
-                blocksize=BLOCK_FRAMES, latency="low", callback=self._callback, finished_callback=self._finished,
+                samplerate=rate_hz,
+                channels=1,
+                dtype="int16",
+                device=device.index,
+                blocksize=BLOCK_FRAMES,
+                latency="low",
+                callback=self._callback,
+                finished_callback=self._finished,
             )
             self._stream.start()
         except sd.PortAudioError as e:

@@ -70,8 +70,16 @@ class FliteTts:
             raise TtsError("flite: nothing to say")
         out = Path(self._dir.name) / "sentence.wav"
         proc = await asyncio.create_subprocess_exec(
-            self._binary, "-voice", self._voice, "-t", text, "-o", str(out),
-            stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+            self._binary,
+            "-voice",
+            self._voice,
+            "-t",
+            text,
+            "-o",
+            str(out),
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.PIPE,
             start_new_session=True,
         )
         timeout_s = self._timeouts.for_text(text)
@@ -115,8 +123,16 @@ class Pyttsx3Tts:
     async def _ensure_worker(self) -> asyncio.subprocess.Process:
         if self._proc is None or self._proc.returncode is not None:
             self._proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "audio.pyttsx3_worker", "--voice", self._voice, "--rate", str(self._rate_wpm),
-                stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
+                sys.executable,
+                "-m",
+                "audio.pyttsx3_worker",
+                "--voice",
+                self._voice,
+                "--rate",
+                str(self._rate_wpm),
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.DEVNULL,
                 start_new_session=True,
             )
         return self._proc

@@ -19,7 +19,6 @@ import numpy as np
 
 from audio.speech import rms_dbfs
 
-
 FLOOR_WINDOW_S = 1.5
 INITIAL_FLOOR_DBFS = -70.0
 
@@ -52,7 +51,9 @@ class EnergyVad:
     def __init__(self, settings: VadSettings) -> None:
         self._s = settings
         frames = lambda ms: max(1, round(ms / settings.frame_ms))  # noqa: E731
-        self._preroll: collections.deque[np.ndarray] = collections.deque(maxlen=frames(settings.preroll_ms) + frames(settings.min_speech_ms))
+        self._preroll: collections.deque[np.ndarray] = collections.deque(
+            maxlen=frames(settings.preroll_ms) + frames(settings.min_speech_ms)
+        )
         self._start_frames = frames(settings.min_speech_ms)
         self._end_frames = frames(settings.end_silence_ms)
         self._max_frames = frames(settings.max_utterance_s * 1000)

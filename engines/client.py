@@ -107,7 +107,9 @@ class EngineClient:
             await self.stop(0.5)
             raise EngineError(p.ErrorCode.PROTOCOL, f"expected a ready frame, got {frame.TYPE}")
         self.ready = frame
-        log.info("%s ready: %s, context %d, loaded in %.0f ms", self._name, frame.model, frame.context_tokens, frame.load_ms)
+        log.info(
+            "%s ready: %s, context %d, loaded in %.0f ms", self._name, frame.model, frame.context_tokens, frame.load_ms
+        )
         return frame
 
     async def generate(

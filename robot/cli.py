@@ -26,34 +26,60 @@ exit status: 0 done, 65 bad model, 69 no microphone or engine, 78 configuration 
 
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--config", metavar="FILE", help="configuration file to use instead of /etc/storybot/storybot.toml")
-    common.add_argument("--set", metavar="SECTION.KEY=VALUE", action="append", default=[], dest="overrides",
-                        help="override one configuration key (repeatable)")
+    common.add_argument(
+        "--config", metavar="FILE", help="configuration file to use instead of /etc/storybot/storybot.toml"
+    )
+    common.add_argument(
+        "--set",
+        metavar="SECTION.KEY=VALUE",
+        action="append",
+        default=[],
+        dest="overrides",
+        help="override one configuration key (repeatable)",
+    )
     common.add_argument("-v", "--verbose", action="count", default=0, help="more diagnostics on stderr (-vv: debug)")
     common.add_argument("--timings-json", metavar="FILE", help="also write the story's timings as JSON to FILE")
 
     parser = argparse.ArgumentParser(
-        prog="storybot", description="An offline storytelling robot: ask for a story and hear it told.",
-        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+        prog="storybot",
+        description="An offline storytelling robot: ask for a story and hear it told.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    tell = sub.add_parser("tell", parents=[common], help="tell one story from a typed request",
-                          description="Tell one story from a typed request, e.g. storybot tell \"a dragon who loves tea\". "
-                          "Speech goes to the speaker, or to a WAV file with --wav or when there is no speaker.")
-    tell.add_argument("text", help="what the story is about, or a whole request (\"tell me a story about ...\")")
+    tell = sub.add_parser(
+        "tell",
+        parents=[common],
+        help="tell one story from a typed request",
+        description='Tell one story from a typed request, e.g. storybot tell "a dragon who loves tea". '
+        "Speech goes to the speaker, or to a WAV file with --wav or when there is no speaker.",
+    )
+    tell.add_argument("text", help='what the story is about, or a whole request ("tell me a story about ...")')
     tell.add_argument("--wav", metavar="FILE", help="write the speech to this WAV file instead of the speaker")
 
-    listen = sub.add_parser("listen", parents=[common], help="wait for one spoken request, then tell that story",
-                            description="Listen on the microphone until someone asks for a story (as long as it "
-                            "takes), then tell it and exit.")
+    listen = sub.add_parser(
+        "listen",
+        parents=[common],
+        help="wait for one spoken request, then tell that story",
+        description="Listen on the microphone until someone asks for a story (as long as it "
+        "takes), then tell it and exit.",
+    )
     listen.add_argument("--wav", metavar="FILE", help="write the speech to this WAV file instead of the speaker")
 
-    sub.add_parser("run", parents=[common], help="the daemon: listen and tell stories until stopped",
-                   description="Run the robot: any spoken request starts a story. On a terminal, Enter is the "
-                   "push-to-talk button: it starts listening, or stops the story being told. Stop with Ctrl-C or SIGTERM.")
-    sub.add_parser("devices", parents=[common], help="list sound devices and which ones the configuration picks",
-                   description="List the sound devices PortAudio sees, marking the defaults and the configured ones.")
+    sub.add_parser(
+        "run",
+        parents=[common],
+        help="the daemon: listen and tell stories until stopped",
+        description="Run the robot: any spoken request starts a story. On a terminal, Enter is the "
+        "push-to-talk button: it starts listening, or stops the story being told. Stop with Ctrl-C or SIGTERM.",
+    )
+    sub.add_parser(
+        "devices",
+        parents=[common],
+        help="list sound devices and which ones the configuration picks",
+        description="List the sound devices PortAudio sees, marking the defaults and the configured ones.",
+    )
     return parser
 
 
@@ -61,7 +87,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(
         level=(logging.WARNING, logging.INFO, logging.DEBUG)[min(args.verbose, 2)],
-        stream=sys.stderr, format="%(relativeCreated)7.0f %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+        format="%(relativeCreated)7.0f %(levelname)s %(name)s: %(message)s",
     )
     try:
         config = load_config(args.config, args.overrides)
@@ -91,8 +118,10 @@ def show_devices(config: Config) -> int:
     print(f"{'#':>3}  {'in':>3} {'out':>3}  {'rate':>6}  name (host API)")
     for d in devices:
         marks = ("<in " if picks.get(True) == d.index else "") + ("<out" if picks.get(False) == d.index else "")
-        print(f"{d.index:>3}  {d.max_input_channels:>3} {d.max_output_channels:>3}  {d.default_rate_hz:>6.0f}  "
-              f"{d.name} ({d.host_api}) {marks}".rstrip())
+        print(
+            f"{d.index:>3}  {d.max_input_channels:>3} {d.max_output_channels:>3}  {d.default_rate_hz:>6.0f}  "
+            f"{d.name} ({d.host_api}) {marks}".rstrip()
+        )
     return 0
 
 
@@ -105,18 +134,27 @@ async def run_robot(config: Config, args: argparse.Namespace) -> int:
 
     mode = Mode(args.command)
     try:
-        tts = build_tts(config.tts.backend, config.tts.voice, config.tts.rate_wpm,
-                        Timeouts(config.tts.timeout_base_s, config.tts.timeout_per_char_s))
+        tts = build_tts(
+            config.tts.backend,
+            config.tts.voice,
+            config.tts.rate_wpm,
+            Timeouts(config.tts.timeout_base_s, config.tts.timeout_per_char_s),
+        )
     except TtsError as e:
         print(f"storybot: {e}", file=sys.stderr)
         return 69
     host = EngineHost(config.engine)
     wav = getattr(args, "wav", None)
     robot = Robot(
-        config, mode, engine_host=host, tts=tts,
-        open_sink=lambda: open_sink(config.audio.output_device, config.audio.output_rate_hz, config.audio.volume,
-                                    wav, config.audio.wav_fallback),
-        story_out=sys.stdout, diag_out=sys.stderr,
+        config,
+        mode,
+        engine_host=host,
+        tts=tts,
+        open_sink=lambda: open_sink(
+            config.audio.output_device, config.audio.output_rate_hz, config.audio.volume, wav, config.audio.wav_fallback
+        ),
+        story_out=sys.stdout,
+        diag_out=sys.stderr,
     )
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -154,10 +192,22 @@ def _make_listener(config: Config, robot):
     return Listener(
         robot.post,
         make_microphone=lambda: Microphone(config.audio.input_device, config.audio.block_ms),
-        make_recognizer=lambda: build_recognizer(config.asr.backend, config.asr.vosk_model, config.asr.grammar,
-                                                 _jsgf_file(config.asr.pocketsphinx_search), str(state_dir())),
-        vad_settings=VadSettings(config.audio.block_ms, vad.margin_db, vad.min_level_dbfs, vad.preroll_ms,
-                                 vad.min_speech_ms, vad.end_silence_ms, vad.max_utterance_s),
+        make_recognizer=lambda: build_recognizer(
+            config.asr.backend,
+            config.asr.vosk_model,
+            config.asr.grammar,
+            _jsgf_file(config.asr.pocketsphinx_search),
+            str(state_dir()),
+        ),
+        vad_settings=VadSettings(
+            config.audio.block_ms,
+            vad.margin_db,
+            vad.min_level_dbfs,
+            vad.preroll_ms,
+            vad.min_speech_ms,
+            vad.end_silence_ms,
+            vad.max_utterance_s,
+        ),
         is_open=lambda: robot.is_listening_allowed,
     )
 
@@ -204,8 +254,13 @@ def _peak_rss_kb(pid: int | None) -> int | None:
 def _write_timings(path: str, robot, engine_peak_kb: int | None) -> None:
     record = {
         "results": [
-            {"outcome": r.outcome, "engine_reason": r.engine_reason, "sentences": r.sentences,
-             "subject": r.prompt.subject, **(r.timings.as_dict() if r.timings else {})}
+            {
+                "outcome": r.outcome,
+                "engine_reason": r.engine_reason,
+                "sentences": r.sentences,
+                "subject": r.prompt.subject,
+                **(r.timings.as_dict() if r.timings else {}),
+            }
             for r in robot.results
         ],
         "end_of_speech_at": robot.end_of_speech_at,

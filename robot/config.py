@@ -102,7 +102,9 @@ class Config:
     story: StoryConfig = StoryConfig()
 
 
-SECTIONS: dict[str, type] = {f.name: f.type if isinstance(f.type, type) else globals()[f.type] for f in dataclasses.fields(Config)}
+SECTIONS: dict[str, type] = {
+    f.name: f.type if isinstance(f.type, type) else globals()[f.type] for f in dataclasses.fields(Config)
+}
 
 
 def default_config_path() -> Path:
@@ -203,15 +205,20 @@ def _check(section: str, f: dataclasses.Field, value: Any, origin: str) -> Any:
 
 
 def _type_name(value: Any) -> str:
-    return {bool: "a boolean", int: "an integer", float: "a number", str: "a string", list: "a list", dict: "a table"}.get(
-        type(value), type(value).__name__
-    )
+    return {
+        bool: "a boolean",
+        int: "an integer",
+        float: "a number",
+        str: "a string",
+        list: "a list",
+        dict: "a table",
+    }.get(type(value), type(value).__name__)
 
 
 def check_semantics(config: Config) -> None:
     """Cross-key and filesystem checks that a TOML type cannot express."""
     if config.asr.backend == "vosk" and not config.asr.vosk_model:
-        raise ConfigError("asr.vosk_model: required when asr.backend = \"vosk\" (a Vosk model directory)")
+        raise ConfigError('asr.vosk_model: required when asr.backend = "vosk" (a Vosk model directory)')
     if config.asr.vosk_model and not Path(config.asr.vosk_model).is_dir():
         raise ConfigError(f"asr.vosk_model: {config.asr.vosk_model} is not a directory")
     search = config.asr.pocketsphinx_search

@@ -42,8 +42,17 @@ class EngineHost:
 
     def argv(self, model_path: str) -> list[str]:
         c = self._config
-        return [sys.executable, "-m", "engines.llamacpp_worker", "--model", model_path,
-                "--threads", str(c.threads), "--context", str(c.context_tokens)]
+        return [
+            sys.executable,
+            "-m",
+            "engines.llamacpp_worker",
+            "--model",
+            model_path,
+            "--threads",
+            str(c.threads),
+            "--context",
+            str(c.context_tokens),
+        ]
 
     @property
     def engine_pid(self) -> int | None:

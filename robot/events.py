@@ -84,6 +84,14 @@ class ShutdownRequested:
 
 
 Event = (
-    ListenRequested | SpeechStarted | TranscriptPartial | TranscriptFinal | StoryRequested | StoryAudible
-    | StoryEnded | StopRequested | ListenerFailed | ShutdownRequested
+    ListenRequested
+    | SpeechStarted
+    | TranscriptPartial
+    | TranscriptFinal
+    | StoryRequested
+    | StoryAudible
+    | StoryEnded
+    | StopRequested
+    | ListenerFailed
+    | ShutdownRequested
 )

@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 
 from audio.asr import AsrError, Recognizer
-from audio.capture import MicStalled, Microphone
+from audio.capture import Microphone, MicStalled
 from audio.devices import DeviceError
 from audio.vad import EnergyVad, VadEvent, VadSettings
 from robot.events import Event, ListenerFailed, SpeechStarted, TranscriptFinal, TranscriptPartial

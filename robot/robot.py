@@ -14,8 +14,19 @@ from audio.tts import Tts
 from robot.config import Config
 from robot.engine_host import EngineHost, EngineUnavailable
 from robot.events import (
-    Event, ListenerFailed, ListenRequested, ShutdownRequested, Source, SpeechStarted, State, StopRequested,
-    StoryAudible, StoryEnded, StoryRequested, TranscriptFinal, TranscriptPartial,
+    Event,
+    ListenerFailed,
+    ListenRequested,
+    ShutdownRequested,
+    Source,
+    SpeechStarted,
+    State,
+    StopRequested,
+    StoryAudible,
+    StoryEnded,
+    StoryRequested,
+    TranscriptFinal,
+    TranscriptPartial,
 )
 from robot.prompt import build_prompt
 from robot.story import StoryResult, StoryTeller, StoryTimings
@@ -148,7 +159,9 @@ class Robot:
                 engine = await self._engine_host.get()
             except EngineUnavailable as e:
                 log.error("no engine: %s", e)
-                result = StoryResult(prompt=prompt, outcome=f"engine unavailable: {e}", timings=StoryTimings(requested_at))
+                result = StoryResult(
+                    prompt=prompt, outcome=f"engine unavailable: {e}", timings=StoryTimings(requested_at)
+                )
                 if e.is_permanent:
                     self.exit_code = 65
             else:

@@ -15,6 +15,7 @@ ABBREVIATIONS = frozenset(
 )
 _TERMINATOR = re.compile(r"(\.{3}|…|[.!?])([\"'”’)\]]*)(\s+)")
 _PARAGRAPH = re.compile(r"\n\s*\n")
+_LAST_SPACE = re.compile(r"\s(?=\S*$)")
 _MARKUP = re.compile(r"[*#_`~<>|\\]+")
 
 
@@ -86,10 +87,13 @@ def _is_boundary(buf: str, m: re.Match, end: int) -> bool:
 
 def _cut_run_on(text: str, max_chars: int) -> tuple[str, str]:
     head = text[:max_chars]
-    for sep, earliest in ((", ", max_chars // 3), ("; ", max_chars // 3), (": ", max_chars // 3), (" ", 0)):
+    for sep in (", ", "; ", ": "):
         i = head.rfind(sep)
-        if i > earliest:
+        if i > max_chars // 3:
             return text[: i + len(sep)], text[i + len(sep) :]
+    space = _LAST_SPACE.search(head)
+    if space and space.start() > 0:
+        return text[: space.end()], text[space.end() :]
     return head, text[max_chars:]  # a single word longer than max_chars: nothing better to do
 
 

@@ -7,8 +7,9 @@ cd "$(dirname "$0")/.."
 want_tests=0
 [ "${1:-}" = "--test" ] && want_tests=1
 
-apt_pkgs=(espeak-ng flite libportaudio2 libsndfile1 libasound2-plugins alsa-utils cmake build-essential
+apt_pkgs=(espeak-ng flite libportaudio2 libasound2-plugins alsa-utils cmake build-essential
           pkg-config libsystemd-dev)
+python3 -c "import ensurepip, venv" 2>/dev/null || apt_pkgs+=(python3-venv python3-dev)
 [ "$want_tests" = 1 ] && apt_pkgs+=(pulseaudio pulseaudio-utils sox)
 
 missing=()

@@ -183,8 +183,15 @@ def test_pocketsphinx_phrase_list_mode(espeak):
 
 # --- voice activity --------------------------------------------------------------------------------
 
-SETTINGS = VadSettings(frame_ms=30, margin_db=12, min_level_dbfs=-50, preroll_ms=300, min_speech_ms=150,
-                       end_silence_ms=700, max_utterance_s=15)
+SETTINGS = VadSettings(
+    frame_ms=30,
+    margin_db=12,
+    min_level_dbfs=-50,
+    preroll_ms=300,
+    min_speech_ms=150,
+    end_silence_ms=700,
+    max_utterance_s=15,
+)
 
 
 def vad_events(samples: np.ndarray, settings: VadSettings = SETTINGS) -> list[tuple[int, VadEvent, int]]:
@@ -216,7 +223,7 @@ def test_the_vad_finds_one_utterance_with_preroll_and_ends_it_after_the_silence(
 def test_the_vad_ignores_a_click_and_steady_noise():
     rng = np.random.default_rng(1)
     audio = rng.normal(0, 300, 16000 * 3).astype(np.int16)  # steady fan noise
-    audio[16000:16000 + 960] = 20000  # a 60 ms click
+    audio[16000 : 16000 + 960] = 20000  # a 60 ms click
     assert vad_events(audio) == []
 
 

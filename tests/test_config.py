@@ -30,12 +30,12 @@ BAD_FILES = [
     ("[engine]\nthreads = 0\n", ["engine.threads", "is 0", "expected 1 to 64"]),
     ("[engine]\nthreads = 2.5\n", ["engine.threads", "2.5", "expected an integer"]),
     ("[engine]\nthreads = true\n", ["engine.threads", "a boolean", "expected an integer"]),
-    ("[engine]\ntemperature = \"hot\"\n", ["engine.temperature", "'hot'", "expected a number"]),
+    ('[engine]\ntemperature = "hot"\n', ["engine.temperature", "'hot'", "expected a number"]),
     ("[engine]\nthread = 2\n", ["unknown key engine.thread", "threads"]),
     ("[engin]\nthreads = 2\n", ["unknown section [engin]", "engine"]),
-    ("[tts]\nbackend = \"espeak\"\n", ["tts.backend", "'espeak'", "['flite', 'pyttsx3']"]),
-    ("[asr]\ngrammar = \"stop\"\n", ["asr.grammar", "a list of strings"]),
-    ("[asr]\ngrammar = [\"stop\", 3]\n", ["asr.grammar", "a list of strings"]),
+    ('[tts]\nbackend = "espeak"\n', ["tts.backend", "'espeak'", "['flite', 'pyttsx3']"]),
+    ('[asr]\ngrammar = "stop"\n', ["asr.grammar", "a list of strings"]),
+    ('[asr]\ngrammar = ["stop", 3]\n', ["asr.grammar", "a list of strings"]),
     ("[vad]\nend_silence_ms = 99999\n", ["vad.end_silence_ms", "99999", "200 to 5000"]),
     ("[audio]\nvolume = 1.5\n", ["audio.volume", "1.5", "0 to 1"]),
     ("engine = 3\n", ["engine must be a table"]),
@@ -96,7 +96,9 @@ def test_cross_key_mistakes_are_named(overrides, expected):
 
 @pytest.mark.parametrize("args", [["--set", "engine.threads=0"], ["--set", "engine.model=/missing.gguf"]])
 def test_the_cli_exits_78_with_the_message_on_stderr(args):
-    proc = subprocess.run([STORYBOT, "tell", "a cat", *args], capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+    proc = subprocess.run(
+        [STORYBOT, "tell", "a cat", *args], capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL
+    )
     assert proc.returncode == EX_CONFIG
     assert "configuration error" in proc.stderr
     assert proc.stdout == ""

@@ -54,9 +54,12 @@ MALFORMED = [
     (b'{"v": 1, "type": "generate", "id": 1, "prompt": "x", "top_p": 1.5}\n', "top_p is 1.5"),
     (b'{"v": 1, "type": "generate", "id": 1, "prompt": "x", "stop": "<"}\n', "stop is '<'"),
     (b'{"v": 1, "type": "generate", "id": 1, "prompt": "x", "stop": [""]}\n', "stop strings must be"),
-    (b'{"v": 1, "type": "done", "id": 1, "reason": "tired", "tokens": 1, "prompt_tokens": 1, '
-     b'"first_token_ms": 1, "total_ms": 1}\n', "reason is 'tired'"),
-    (b'\xff\xfe{}\n', "not UTF-8"),
+    (
+        b'{"v": 1, "type": "done", "id": 1, "reason": "tired", "tokens": 1, "prompt_tokens": 1, '
+        b'"first_token_ms": 1, "total_ms": 1}\n',
+        "reason is 'tired'",
+    ),
+    (b"\xff\xfe{}\n", "not UTF-8"),
     (b'{"v": 1, "type": "token", "id": 1, "text": "' + b"a" * p.MAX_FRAME_BYTES + b'"}\n', "at most"),
 ]
 
@@ -91,15 +94,21 @@ def run(coro):
     return asyncio.run(asyncio.wait_for(coro, 120))
 
 
-STORY = {"prompt": "Once upon a time, there was a dragon who loved tea.", "seed": 3, "temperature": 0.8,
-         "repeat_penalty": 1.2}
+STORY = {
+    "prompt": "Once upon a time, there was a dragon who loved tea.",
+    "seed": 3,
+    "temperature": 0.8,
+    "repeat_penalty": 1.2,
+}
 
 
 def test_the_engine_streams_tokens_then_done(default_model):
     async def go():
         engine = EngineClient(worker_argv(default_model))
         ready = await engine.start(60)
-        frames = [f async for f in engine.generate({**STORY, "max_tokens": 24}, first_token_timeout_s=30, token_timeout_s=10)]
+        frames = [
+            f async for f in engine.generate({**STORY, "max_tokens": 24}, first_token_timeout_s=30, token_timeout_s=10)
+        ]
         await engine.stop()
         return ready, frames
 
@@ -118,7 +127,12 @@ def test_the_same_seed_gives_the_same_story(default_model):
         await engine.start(60)
         texts = []
         for _ in range(2):
-            frames = [f async for f in engine.generate({**STORY, "max_tokens": 20}, first_token_timeout_s=30, token_timeout_s=10)]
+            frames = [
+                f
+                async for f in engine.generate(
+                    {**STORY, "max_tokens": 20}, first_token_timeout_s=30, token_timeout_s=10
+                )
+            ]
             texts.append("".join(f.text for f in frames if isinstance(f, p.Token)))
         await engine.stop()
         return texts
@@ -129,7 +143,9 @@ def test_the_same_seed_gives_the_same_story(default_model):
 
 def test_cancel_stops_generation_within_200_ms(default_model):
     """The bound is the behaviour: a press on the button must silence the engine at once."""
-    proc = subprocess.Popen(worker_argv(default_model), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        worker_argv(default_model), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL
+    )
     try:
         assert json.loads(proc.stdout.readline())["type"] == "ready"
         proc.stdin.write(p.encode(p.Generate(id=9, prompt=STORY["prompt"], max_tokens=2000, seed=1)))
@@ -142,8 +158,14 @@ def test_cancel_stops_generation_within_200_ms(default_model):
         while (frame := p.decode(proc.stdout.readline())).TYPE == "token":
             pass
         elapsed = time.monotonic() - sent
-        assert frame == p.Done(id=9, reason=p.StopReason.CANCELLED, tokens=frame.tokens, prompt_tokens=frame.prompt_tokens,
-                               first_token_ms=frame.first_token_ms, total_ms=frame.total_ms)
+        assert frame == p.Done(
+            id=9,
+            reason=p.StopReason.CANCELLED,
+            tokens=frame.tokens,
+            prompt_tokens=frame.prompt_tokens,
+            first_token_ms=frame.first_token_ms,
+            total_ms=frame.total_ms,
+        )
         assert frame.tokens < 2000
         assert elapsed < 0.2, f"cancel took {elapsed * 1000:.0f} ms"
     finally:
@@ -152,11 +174,18 @@ def test_cancel_stops_generation_within_200_ms(default_model):
 
 
 def test_malformed_frames_get_error_frames_and_the_engine_keeps_serving(default_model):
-    proc = subprocess.Popen(worker_argv(default_model), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        worker_argv(default_model), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL
+    )
     try:
         assert json.loads(proc.stdout.readline())["type"] == "ready"
-        garbage = [b"hello\n", b'{"v":1,"type":"cancel"}\n', b"\x00\xff\n", b"x" * (p.MAX_FRAME_BYTES + 10) + b"\n",
-                   b'{"v":1,"type":"ready","engine":"e","model":"m","context_tokens":1,"load_ms":1}\n']
+        garbage = [
+            b"hello\n",
+            b'{"v":1,"type":"cancel"}\n',
+            b"\x00\xff\n",
+            b"x" * (p.MAX_FRAME_BYTES + 10) + b"\n",
+            b'{"v":1,"type":"ready","engine":"e","model":"m","context_tokens":1,"load_ms":1}\n',
+        ]
         for line in garbage:
             proc.stdin.write(line)
         proc.stdin.write(p.encode(p.Generate(id=4, prompt="The cat", max_tokens=3)))
@@ -174,7 +203,9 @@ def test_malformed_frames_get_error_frames_and_the_engine_keeps_serving(default_
 
 
 def test_a_second_generate_while_busy_is_refused(default_model):
-    proc = subprocess.Popen(worker_argv(default_model), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        worker_argv(default_model), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL
+    )
     try:
         proc.stdout.readline()
         proc.stdin.write(p.encode(p.Generate(id=1, prompt="The dog", max_tokens=200)))
@@ -197,10 +228,17 @@ def test_a_prompt_longer_than_the_context_is_a_bad_request(default_model):
         await engine.start(60)
         try:
             with pytest.raises(EngineError) as e:
-                async for _ in engine.generate({"prompt": "word " * 200, "max_tokens": 4}, first_token_timeout_s=30, token_timeout_s=10):
+                async for _ in engine.generate(
+                    {"prompt": "word " * 200, "max_tokens": 4}, first_token_timeout_s=30, token_timeout_s=10
+                ):
                     pass
             # the engine is still there for the next request
-            frames = [f async for f in engine.generate({"prompt": "The", "max_tokens": 2}, first_token_timeout_s=30, token_timeout_s=10)]
+            frames = [
+                f
+                async for f in engine.generate(
+                    {"prompt": "The", "max_tokens": 2}, first_token_timeout_s=30, token_timeout_s=10
+                )
+            ]
             return e.value, frames
         finally:
             await engine.stop()
@@ -251,7 +289,7 @@ def test_a_killed_engine_is_reported_in_words(default_model):
         engine = EngineClient(worker_argv(default_model))
         await engine.start(60)
         with pytest.raises(EngineExited) as e:
-            async for frame in engine.generate({**STORY, "max_tokens": 500}, first_token_timeout_s=30, token_timeout_s=10):
+            async for _ in engine.generate({**STORY, "max_tokens": 500}, first_token_timeout_s=30, token_timeout_s=10):
                 os.kill(engine.pid, signal.SIGKILL)
         return e.value
 

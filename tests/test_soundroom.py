@@ -9,50 +9,12 @@ from __future__ import annotations
 
 import json
 import subprocess
-import threading
 import time
-from pathlib import Path
 
-import numpy as np
 import pytest
 
-from tests.conftest import STORYBOT, speech_frames, write_wav
-
-CHUNK_BYTES = 1600  # 50 ms of 16 kHz mono s16le
-
-
-class Recorder:
-    """Records speaker.monitor; chunks carry their arrival time."""
-
-    def __init__(self) -> None:
-        self._proc = subprocess.Popen(
-            ["parec", "-d", "speaker.monitor", "--format=s16le", "--rate=16000", "--channels=1", "--latency-msec=20"],
-            stdout=subprocess.PIPE,
-        )
-        self.chunks: list[tuple[float, np.ndarray]] = []
-        self._thread = threading.Thread(target=self._read, daemon=True)
-        self._thread.start()
-
-    def _read(self) -> None:
-        while data := self._proc.stdout.read(CHUNK_BYTES):
-            self.chunks.append((time.monotonic(), np.frombuffer(data, dtype="<i2")))
-
-    def stop(self) -> None:
-        self._proc.terminate()
-        self._proc.wait(10)
-        self._thread.join(10)
-
-    def speech_seconds(self) -> float:
-        if not self.chunks:
-            return 0.0
-        audio = np.concatenate([c for _, c in self.chunks])
-        return float(speech_frames(audio).sum()) * 0.05
-
-    def first_speech_arrival(self) -> float | None:
-        for arrived, chunk in self.chunks:
-            if len(chunk) and speech_frames(chunk, frame_ms=len(chunk) * 1000 // 16000 or 1).any():
-                return arrived
-        return None
+from tests.conftest import STORYBOT, write_wav
+from tests.soundroom import Recorder
 
 
 def wait_for_line(stream, needle: str, timeout_s: float, seen: list[str]) -> None:
@@ -73,10 +35,22 @@ def test_a_spoken_request_is_heard_and_told_out_loud(sound_room, espeak, tmp_pat
     timings = tmp_path / "timings.json"
     recorder = Recorder()
     robot = subprocess.Popen(
-        [STORYBOT, "listen", "-v", "--timings-json", str(timings), "--set", "engine.max_tokens=80",
-         "--set", "engine.seed=5"],
+        [
+            STORYBOT,
+            "listen",
+            "-v",
+            "--timings-json",
+            str(timings),
+            "--set",
+            "engine.max_tokens=80",
+            "--set",
+            "engine.seed=5",
+        ],
         env={**sound_room.env(), "STORYBOT_STATE_DIR": str(tmp_path / "state")},
-        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     try:
         stderr: list[str] = []
@@ -111,7 +85,11 @@ def test_tell_speaks_every_sentence_to_the_default_output(sound_room, tmp_path):
     try:
         proc = subprocess.run(
             [STORYBOT, "tell", "a cat who likes milk", "--set", "engine.max_tokens=40", "--set", "engine.seed=2"],
-            env=sound_room.env(), capture_output=True, text=True, timeout=180, stdin=subprocess.DEVNULL,
+            env=sound_room.env(),
+            capture_output=True,
+            text=True,
+            timeout=180,
+            stdin=subprocess.DEVNULL,
         )
     finally:
         time.sleep(0.3)
@@ -136,7 +114,11 @@ def test_devices_lists_what_portaudio_sees(sound_room):
 def test_a_missing_device_name_lists_the_real_ones(sound_room):
     proc = subprocess.run(
         [STORYBOT, "listen", "--set", "audio.input_device=usb-mic-that-is-not-here"],
-        env=sound_room.env(), capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL,
+        env=sound_room.env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        stdin=subprocess.DEVNULL,
     )
     assert proc.returncode == 69
     assert "no input device named like 'usb-mic-that-is-not-here'" in proc.stderr and "'pulse'" in proc.stderr

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from engines.text import StopMatcher, Utf8Pieces
@@ -15,7 +15,10 @@ from robot.sentences import SentenceSplitter
 OPENINGS = [
     ("tell me a story about a dragon who loves tea", "Once upon a time, there was a dragon who loved tea."),
     ("a dragon who loves tea", "Once upon a time, there was a dragon who loved tea."),
-    ("Tell me a story about a dragon called Bo who loves tea.", "Once upon a time, there was a dragon called Bo who loved tea."),
+    (
+        "Tell me a story about a dragon called Bo who loves tea.",
+        "Once upon a time, there was a dragon called Bo who loved tea.",
+    ),
     ("can you please tell us a bedtime story about an owl that sings", "Once upon a time, there was an owl that sang."),
     ("story about Bo the bunny", "Once upon a time, there was Bo the bunny."),
     ("tell me a story about a robot who wants to fly", "Once upon a time, there was a robot who wanted to fly."),
@@ -28,7 +31,10 @@ def test_a_request_becomes_an_opening_that_names_its_subject(request_text, openi
     assert build_prompt(request_text).opening == opening
 
 
-@pytest.mark.parametrize("request_text", ["", "   ", "tell me a story", "please tell me a story please", "😀🐉", "\x00\x07\x1b[]", "?!...", "{}[]()"])
+@pytest.mark.parametrize(
+    "request_text",
+    ["", "   ", "tell me a story", "please tell me a story please", "😀🐉", "\x00\x07\x1b[]", "?!...", "{}[]()"],
+)
 def test_a_request_without_a_subject_gets_the_default_one(request_text):
     assert build_prompt(request_text).subject == DEFAULT_SUBJECT
 
@@ -44,12 +50,18 @@ def test_any_transcript_gives_a_bounded_printable_opening(text):
 # --- sentence splitter -----------------------------------------------------------------------------
 
 SPLITS = [
-    ("The dragon woke up. She wanted tea. Then she flew away.",
-     ["The dragon woke up.", "She wanted tea.", "Then she flew away."]),
-    ("Mr. Fox met Dr. Owl at 3.5 miles from home. They talked.",
-     ["Mr. Fox met Dr. Owl at 3.5 miles from home.", "They talked."]),
-    ('"Hello!" said Bo. "Do you like tea?" asked the cat. Bo nodded.',
-     ['"Hello!" said Bo.', '"Do you like tea?" asked the cat.', "Bo nodded."]),
+    (
+        "The dragon woke up. She wanted tea. Then she flew away.",
+        ["The dragon woke up.", "She wanted tea.", "Then she flew away."],
+    ),
+    (
+        "Mr. Fox met Dr. Owl at 3.5 miles from home. They talked.",
+        ["Mr. Fox met Dr. Owl at 3.5 miles from home.", "They talked."],
+    ),
+    (
+        '"Hello!" said Bo. "Do you like tea?" asked the cat. Bo nodded.',
+        ['"Hello!" said Bo.', '"Do you like tea?" asked the cat.', "Bo nodded."],
+    ),
     ("She waited... and waited. Nothing came.", ["She waited... and waited.", "Nothing came."]),
     ("It was dark... The owl hooted.", ["It was dark...", "The owl hooted."]),
     ("The End\n\nOnce upon another time", ["The End", "Once upon another time"]),
@@ -93,6 +105,7 @@ def test_a_run_on_is_cut_at_a_comma_never_inside_a_word():
 
 
 @given(st.lists(st.text(max_size=40), max_size=40))
+@example(["000000\r", "0" * 74])  # a carriage return between words is a space too
 def test_the_splitter_loses_no_word(pieces):
     splitter = SentenceSplitter(min_chars=10, max_chars=80)
     out = []

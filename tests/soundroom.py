@@ -1,0 +1,107 @@
+"""The virtual sound room (PulseAudio null sinks `room` and `speaker`) and a recorder, for tests and benchmarks."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+class SoundRoomError(RuntimeError):
+    pass
+
+
+def _pactl(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["pactl", *args], capture_output=True, text=True, timeout=10)
+
+
+class SoundRoom:
+    """PulseAudio with two null sinks: `room` (what the robot hears) and `speaker` (what it says)."""
+
+    @classmethod
+    def start(cls) -> SoundRoom:
+        """Start a user-mode PulseAudio server if none answers, and add the two sinks if missing."""
+        if _pactl("info").returncode != 0:
+            subprocess.run(
+                [
+                    "pulseaudio",
+                    "-D",
+                    "--exit-idle-time=-1",
+                    "--system=false",
+                    "--disallow-exit",
+                    "-n",
+                    "--load=module-native-protocol-unix",
+                ],
+                capture_output=True,
+                timeout=30,
+            )
+            deadline = time.monotonic() + 10
+            while _pactl("info").returncode != 0 and time.monotonic() < deadline:
+                time.sleep(0.1)
+        if _pactl("info").returncode != 0:
+            raise SoundRoomError("the PulseAudio server does not start here")
+        sinks = _pactl("list", "short", "sinks").stdout
+        for name in ("room", "speaker"):
+            if f"\t{name}\t" not in sinks:
+                _pactl("load-module", "module-null-sink", f"sink_name={name}")
+        return cls()
+
+    def env(self) -> dict[str, str]:
+        return {**os.environ, "PULSE_SOURCE": "room.monitor", "PULSE_SINK": "speaker"}
+
+    def play_into_room(self, wav: Path) -> None:
+        subprocess.run(["paplay", "-d", "room", str(wav)], check=True, timeout=60)
+
+
+CHUNK_BYTES = 1600  # 50 ms of 16 kHz mono s16le
+
+
+class Recorder:
+    """Records a monitor source (speaker.monitor by default); chunks carry their arrival time."""
+
+    def __init__(self, source: str = "speaker.monitor") -> None:
+        self._proc = subprocess.Popen(
+            ["parec", "-d", source, "--format=s16le", "--rate=16000", "--channels=1", "--latency-msec=20"],
+            stdout=subprocess.PIPE,
+        )
+        self.chunks: list[tuple[float, np.ndarray]] = []
+        self._thread = threading.Thread(target=self._read, daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        while data := self._proc.stdout.read(CHUNK_BYTES):
+            self.chunks.append((time.monotonic(), np.frombuffer(data, dtype="<i2")))
+
+    def stop(self) -> None:
+        self._proc.terminate()
+        self._proc.wait(10)
+        self._thread.join(10)
+
+    def speech_seconds(self) -> float:
+        if not self.chunks:
+            return 0.0
+        audio = np.concatenate([c for _, c in self.chunks])
+        return float(speech_frames(audio).sum()) * 0.05
+
+    def first_speech_arrival(self) -> float | None:
+        for arrived, chunk in self.chunks:
+            if len(chunk) and speech_frames(chunk, frame_ms=len(chunk) * 1000 // 16000 or 1).any():
+                return arrived
+        return None
+
+    def last_speech_arrival(self) -> float | None:
+        for arrived, chunk in reversed(self.chunks):
+            if len(chunk) and speech_frames(chunk, frame_ms=len(chunk) * 1000 // 16000 or 1).any():
+                return arrived
+        return None
+
+
+def speech_frames(raw: np.ndarray, rate_hz: int = 16000, frame_ms: int = 50, threshold: float = 300.0) -> np.ndarray:
+    """Per-frame flags: True where the RMS of a frame is at speech level."""
+    n = rate_hz * frame_ms // 1000
+    frames = raw[: len(raw) // n * n].astype(np.float64).reshape(-1, n)
+    return np.sqrt((frames**2).mean(axis=1)) > threshold
