@@ -27,9 +27,12 @@ class MicStalled(RuntimeError):
 
 
 class Microphone:
-    def __init__(self, device_name: str, block_ms: int) -> None:
+    def __init__(self, device_name: str, block_ms: int, device_rate_hz: int = 0, device_channels: int = 0) -> None:
+        """device_rate_hz / device_channels: open the device so (0: ask for 16 kHz mono, then what it offers)."""
         self.frame_samples = RATE_HZ * block_ms // 1000
         self._device_name = device_name
+        self._device_rate_hz = device_rate_hz
+        self._device_channels = device_channels
         self._queue: asyncio.Queue[np.ndarray] = asyncio.Queue(maxsize=QUEUE_FRAMES)
         self._pending = np.zeros(0, dtype=np.int16)
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -45,15 +48,15 @@ class Microphone:
 
         self._loop = asyncio.get_running_loop()
         device = find_device(self._device_name, is_input=True)
-        try:
-            self._stream = self._start(sd, device.index, RATE_HZ, 1)
-            self.device_description = f"{device.name} at {RATE_HZ} Hz mono"
-            return
-        except sd.PortAudioError as first:
-            rate, channels = int(device.default_rate_hz), max(1, min(device.max_input_channels, 2))
-            log.info(
-                "%s refused %d Hz mono (%s); trying %d Hz, %d channels", device.name, RATE_HZ, first, rate, channels
-            )
+        if not (self._device_rate_hz or self._device_channels):
+            try:
+                self._stream = self._start(sd, device.index, RATE_HZ, 1)
+                self.device_description = f"{device.name} at {RATE_HZ} Hz mono"
+                return
+            except sd.PortAudioError as first:
+                log.info("%s refused %d Hz mono (%s); trying its own format", device.name, RATE_HZ, first)
+        rate = self._device_rate_hz or int(device.default_rate_hz)
+        channels = self._device_channels or max(1, min(device.max_input_channels, 2))
         import soxr
 
         try:

@@ -191,7 +191,12 @@ def _make_listener(config: Config, robot):
     vad = config.vad
     return Listener(
         robot.post,
-        make_microphone=lambda: Microphone(config.audio.input_device, config.audio.block_ms),
+        make_microphone=lambda: Microphone(
+            config.audio.input_device,
+            config.audio.block_ms,
+            config.audio.capture_rate_hz,
+            config.audio.capture_channels,
+        ),
         make_recognizer=lambda: build_recognizer(
             config.asr.backend,
             config.asr.vosk_model,

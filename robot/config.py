@@ -33,6 +33,8 @@ class AudioConfig:
     input_device: str = _opt("")  # part of the capture device's name; "" for the system default
     output_device: str = _opt("")  # part of the playback device's name; "" for the system default
     block_ms: int = _opt(30, low=10, high=100)  # capture frame length
+    capture_rate_hz: int = _opt(0, low=0, high=192000)  # 0: ask for 16 kHz, else the device's own rate
+    capture_channels: int = _opt(0, low=0, high=32)  # 0: ask for mono, else the device's own channels
     output_rate_hz: int = _opt(22050, low=8000, high=48000)
     volume: float = _opt(1.0, low=0.0, high=1.0)
     wav_fallback: str = _opt("storybot-story.wav")  # where speech goes when no output device opens

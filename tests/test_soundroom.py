@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -122,3 +124,108 @@ def test_a_missing_device_name_lists_the_real_ones(sound_room):
     )
     assert proc.returncode == 69
     assert "no input device named like 'usb-mic-that-is-not-here'" in proc.stderr and "'pulse'" in proc.stderr
+
+
+@pytest.mark.soundroom
+@pytest.mark.parametrize("rate_hz,channels", [(48000, 2), (44100, 1), (8000, 1)])
+def test_capture_in_the_devices_own_format_arrives_as_16_khz_mono(sound_room, tmp_path, rate_hz, channels):
+    """A device opened at its own rate and channel count is downmixed and resampled, pitch intact."""
+    tone = tmp_path / "tone.wav"
+    subprocess.run(
+        ["sox", "-n", "-r", "48000", "-c", "1", "-b", "16", str(tone), "synth", "1.5", "sine", "440", "vol", "0.5"],
+        check=True,
+    )
+    script = f"""
+import asyncio, json, os, numpy as np
+from audio.capture import Microphone
+async def main():
+    mic = Microphone("", 30, {rate_hz}, {channels})
+    mic.open()
+    frames = []
+    player = await asyncio.create_subprocess_exec("paplay", "-d", "room", {str(tone)!r})
+    for _ in range(60):
+        frames.append(await mic.read())
+    await player.wait()
+    mic.close()
+    audio = np.concatenate(frames).astype(float)
+    spectrum = np.abs(np.fft.rfft(audio * np.hanning(len(audio))))
+    peak_hz = np.argmax(spectrum) * 16000 / len(audio)
+    print(json.dumps({{"frame": len(frames[0]), "peak_hz": peak_hz, "rms": float(np.sqrt((audio ** 2).mean())),
+                      "desc": mic.device_description}}))
+asyncio.run(main())
+"""
+    proc = subprocess.run(
+        [sys.executable, "-c", script],
+        env=sound_room.env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=str(Path(__file__).resolve().parent.parent),
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["frame"] == 480  # 30 ms at 16 kHz
+    assert f"at {rate_hz} Hz x{channels}, resampled to 16000 Hz mono" in result["desc"]
+    assert abs(result["peak_hz"] - 440) < 10
+    assert result["rms"] > 1000
+
+
+@pytest.mark.soundroom
+def test_the_daemon_tells_a_spoken_story_stops_on_enter_and_exits_on_sigterm(sound_room, espeak, tmp_path):
+    import os
+    import pty
+    import signal
+    import threading
+
+    request = write_wav(tmp_path / "request.wav", espeak("tell me a story about a dragon who loves tea"), 16000)
+    master, slave = pty.openpty()  # a terminal, so that Enter is the push-to-talk button
+    recorder = Recorder()
+    robot = subprocess.Popen(
+        [STORYBOT, "run", "-v", "--set", "engine.max_tokens=300", "--set", "engine.seed=4"],
+        env={**sound_room.env(), "STORYBOT_STATE_DIR": str(tmp_path / "state")},
+        stdin=slave,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    os.close(slave)
+    stdout: list[str] = []
+    stderr: list[str] = []
+    readers = [
+        threading.Thread(target=lambda s=s, out=out: out.extend(iter(s.readline, "")), daemon=True)
+        for s, out in ((robot.stdout, stdout), (robot.stderr, stderr))
+    ]
+    for reader in readers:
+        reader.start()
+
+    def wait_until(condition, timeout_s: float, what: str) -> None:
+        deadline = time.monotonic() + timeout_s
+        while not condition():
+            if time.monotonic() > deadline:
+                pytest.fail(f"{what} did not happen within {timeout_s} s; stderr: {''.join(stderr)[-2000:]}")
+            time.sleep(0.05)
+
+    try:
+        wait_until(lambda: any("listening on" in line for line in stderr), 60, "listening")
+        time.sleep(0.5)
+        sound_room.play_into_room(request)
+        wait_until(lambda: len(stdout) >= 2, 60, "the story")
+        time.sleep(1.0)
+        pressed = time.monotonic()
+        os.write(master, b"\n")
+        wait_until(lambda: any("speaking -> idle" in line for line in stderr), 5, "stopping on Enter")
+        time.sleep(1.5)
+        told = len(stdout)
+        time.sleep(1.0)
+        assert len(stdout) == told, "the story went on after Enter"
+        robot.send_signal(signal.SIGTERM)
+        assert robot.wait(10) == 0
+    finally:
+        robot.kill()
+        recorder.stop()
+        os.close(master)
+    err = "".join(stderr)
+    assert "shutting down: SIGTERM" in err
+    assert stdout[0].strip() == "Once upon a time, there was a dragon who loved tea."
+    last_sound = recorder.last_speech_arrival()
+    assert last_sound is not None and last_sound - pressed < 0.5, "the speaker was not silenced"
