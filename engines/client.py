@@ -77,6 +77,7 @@ class EngineClient:
         self._stderr_task: asyncio.Task | None = None
         self._next_id = 1
         self.ready: p.Ready | None = None
+        self.chat_template = ""  # set by whoever knows the model: prompts for it are wrapped in this template
 
     @property
     def pid(self) -> int | None:

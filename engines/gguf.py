@@ -52,6 +52,7 @@ class GgufInfo:
     kv_heads: int
     head_dim: int
     tensors: int
+    chat_template: str = ""  # tokenizer.chat_template: a Jinja template for instruct models, "" for base models
 
     def kv_cache_bytes(self, context_tokens: int, bytes_per_value: int = 2) -> int:
         """K and V for every layer at this context, at f16 by default."""
@@ -131,6 +132,7 @@ def _walk(c: _Cursor, size: int) -> GgufInfo:
         kv_heads=num("attention.head_count_kv") or heads,
         head_dim=num("attention.key_length") or embedding // max(heads, 1),
         tensors=n_tensors,
+        chat_template=template if isinstance(template := meta.get("tokenizer.chat_template"), str) else "",
     )
 
 

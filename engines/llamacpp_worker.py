@@ -127,7 +127,7 @@ class Worker:
     def _generate(self, request: p.Generate) -> p.Done | p.Error:
         started = time.monotonic()
         llm = self._llm
-        prompt_tokens = llm.tokenize(request.prompt.encode("utf-8"), add_bos=True, special=False)
+        prompt_tokens = llm.tokenize(request.prompt.encode("utf-8"), add_bos=True, special=request.special)
         room = self.context_tokens - len(prompt_tokens)
         if room < 1:
             return p.Error(

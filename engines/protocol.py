@@ -80,6 +80,7 @@ class Generate:
     repeat_penalty: float = 1.0  # 1.0 disables it
     seed: int = -1  # -1: the engine picks one
     stop: tuple[str, ...] = ()  # generation ends before any of these strings
+    special: bool = False  # the prompt contains the model's special tokens (chat markup) to be parsed as such
 
     def __post_init__(self) -> None:
         _check_id(self.id)
@@ -238,7 +239,9 @@ def _coerce(kind: str, name: str, type_name: Any, value: Any) -> Any:
         except ValueError:
             allowed = [m.value for m in enum_cls]
             raise ProtocolError(f"{kind}: {name} is {value!r}, expected one of {allowed}") from None
-    if expected == "int":
+    if expected == "bool":
+        ok = isinstance(value, bool)
+    elif expected == "int":
         ok = isinstance(value, int) and not isinstance(value, bool)
     elif expected == "float":
         ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)

@@ -130,7 +130,10 @@ async def run_robot(config: Config, args: argparse.Namespace) -> int:
     from audio.tts import Timeouts, TtsError, build_tts
     from robot.engine_host import EngineHost
     from robot.events import ListenRequested, ShutdownRequested, Source, StoryRequested
+    from robot.paths import state_dir
+    from robot.resume import StoryStore
     from robot.robot import Mode, Robot
+    from robot.safety import SafetyError, SafetyFilter
 
     mode = Mode(args.command)
     try:
@@ -143,6 +146,11 @@ async def run_robot(config: Config, args: argparse.Namespace) -> int:
     except TtsError as e:
         print(f"storybot: {e}", file=sys.stderr)
         return 69
+    try:
+        safety = SafetyFilter(config.story.language, config.safety.strictness)
+    except SafetyError as e:
+        print(f"storybot: configuration error: {e}", file=sys.stderr)
+        return EX_CONFIG
     host = EngineHost(config.engine)
     wav = getattr(args, "wav", None)
     robot = Robot(
@@ -150,6 +158,8 @@ async def run_robot(config: Config, args: argparse.Namespace) -> int:
         mode,
         engine_host=host,
         tts=tts,
+        safety=safety.filter,
+        store=StoryStore(state_dir() / "story.json"),
         open_sink=lambda: open_sink(
             config.audio.output_device, config.audio.output_rate_hz, config.audio.volume, wav, config.audio.wav_fallback
         ),
@@ -263,6 +273,7 @@ def _write_timings(path: str, robot, engine_peak_kb: int | None) -> None:
                 "outcome": r.outcome,
                 "engine_reason": r.engine_reason,
                 "sentences": r.sentences,
+                "blocked": r.blocked,
                 "subject": r.prompt.subject,
                 **(r.timings.as_dict() if r.timings else {}),
             }

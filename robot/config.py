@@ -64,6 +64,8 @@ class AsrConfig:
 class EngineConfig:
     backend: str = _opt("llama.cpp", choices=("llama.cpp",))
     model: str = _opt("")  # a GGUF file; "" for the embedded default (Gemma 3 270M Q4_K_M)
+    # "auto": the model's chat template when its GGUF carries one (instruct models), else plain completion
+    prompt_style: str = _opt("auto", choices=("auto", "completion", "chat"))
     threads: int = _opt(2, low=1, high=64)
     context_tokens: int = _opt(1024, low=64, high=32768)
     max_tokens: int = _opt(220, low=8, high=4096)
@@ -89,9 +91,17 @@ class TtsConfig:
 @dataclass(frozen=True)
 class StoryConfig:
     language: str = _opt("en", choices=("en",))
+    bedtime: bool = _opt(False)  # every story calm and short, as if the request said "bedtime"
     min_sentence_chars: int = _opt(24, low=1, high=400)
     max_sentence_chars: int = _opt(300, low=40, high=2000)
     queue_sentences: int = _opt(8, low=1, high=64)  # how far generation may run ahead of speech
+
+
+@dataclass(frozen=True)
+class SafetyConfig:
+    # relaxed: profanity, slurs, sexual content, self-harm; standard: also violence and weapons, drugs and strong
+    # drink, scary content, mild swearing; strict: also death and dying, insults, wine and tobacco
+    strictness: str = _opt("standard", choices=("relaxed", "standard", "strict"))
 
 
 @dataclass(frozen=True)
@@ -102,6 +112,7 @@ class Config:
     engine: EngineConfig = EngineConfig()
     tts: TtsConfig = TtsConfig()
     story: StoryConfig = StoryConfig()
+    safety: SafetyConfig = SafetyConfig()
 
 
 SECTIONS: dict[str, type] = {

@@ -6,7 +6,7 @@ import logging
 import sys
 
 from engines.client import EngineClient, EngineError, EngineExited
-from engines.gguf import GgufError, check_gguf
+from engines.gguf import GgufError, GgufInfo, check_gguf
 from engines.models import ModelError, ensure_default_model
 from robot.config import EngineConfig
 
@@ -26,12 +26,13 @@ class EngineHost:
         self._config = config
         self._client: EngineClient | None = None
         self.model_path: str | None = None
+        self.model_info: GgufInfo | None = None
 
     def resolve_model(self) -> str:
         """The model file, checked before any engine is spawned for it."""
         try:
             path = self._config.model or str(ensure_default_model())
-            check_gguf(path)
+            self.model_info = check_gguf(path)
         except ModelError as e:
             raise EngineUnavailable(str(e), is_permanent=True) from None
         except OSError as e:
@@ -73,8 +74,19 @@ class EngineHost:
             raise EngineUnavailable(str(e), is_permanent=e.is_permanent) from None
         except EngineError as e:
             raise EngineUnavailable(str(e), is_permanent=False) from None
+        client.chat_template = self.chat_template()
         self._client = client
         return client
+
+    def chat_template(self) -> str:
+        """The template to wrap prompts in: the model's own for instruct models, "" for completion."""
+        style = self._config.prompt_style
+        template = self.model_info.chat_template if self.model_info else ""
+        if style == "chat" and not template:
+            log.warning(
+                "engine.prompt_style is chat but %s carries no chat template; using completion", self.model_path
+            )
+        return template if style in ("auto", "chat") else ""
 
     async def close(self) -> None:
         if self._client is not None:

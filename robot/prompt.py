@@ -100,6 +100,8 @@ class StoryPrompt:
     request: str  # what the child asked, cleaned
     subject: str  # who or what the story is about, e.g. "a dragon who loved tea"
     opening: str  # the first sentence: spoken first, and the text the model continues
+    length_factor: float = 1.0  # times engine.max_tokens: 0.5 for "a short story", 1.5 for "a long one"
+    is_bedtime: bool = False  # calm and short
 
     @property
     def engine_prompt(self) -> str:
@@ -141,7 +143,54 @@ def _past_tense(subject: str) -> str:
     return _RELATIVE_VERB.sub(shift, subject)
 
 
-def build_prompt(request: str) -> StoryPrompt:
+_CONTINUE = re.compile(
+    r"^(?:(?:please|ok|okay|and|so|now)\s+)*(?:(?:can|could)\s+you\s+)?"
+    r"(?:continue|go\s+on|keep\s+going|tell\s+me\s+more|what\s+happened\s+next|finish)"
+    r"(?:\s+(?:the|my|our|with|that|story|please|it))*$",
+    re.IGNORECASE,
+)
+
+
+def is_continue_request(request: str) -> bool:
+    """True for "continue the story", "go on", "tell me more"...: resume the saved story instead of a new one."""
+    return bool(_CONTINUE.match(clean_request(request).strip(" .!?")))
+
+
+_BEDTIME = re.compile(r"\b(?:bedtime|sleepy|goodnight|good\s+night|calm|quiet)\b", re.IGNORECASE)
+_SHORT = re.compile(r"\b(?:short|quick|tiny)\s+(?:\w+\s+)?(?:story|tale)\b", re.IGNORECASE)
+_LONG = re.compile(r"\b(?:long|longer|big)\s+(?:\w+\s+)?(?:story|tale)\b", re.IGNORECASE)
+BEDTIME_LENGTH_FACTOR = 0.6
+
+
+def build_prompt(request: str, *, is_bedtime: bool = False) -> StoryPrompt:
+    cleaned = clean_request(request)
     subject = extract_subject(request)
-    opening = f"Once upon a time, there was {subject}."
-    return StoryPrompt(request=clean_request(request), subject=subject, opening=opening)
+    is_bedtime = is_bedtime or bool(_BEDTIME.search(cleaned))
+    length = 0.5 if _SHORT.search(cleaned) else 1.5 if _LONG.search(cleaned) else 1.0
+    if is_bedtime:
+        opening = f"Once upon a time, as the stars came out one quiet evening, there was {subject}."
+        length = min(length, BEDTIME_LENGTH_FACTOR)
+    else:
+        opening = f"Once upon a time, there was {subject}."
+    return StoryPrompt(request=cleaned, subject=subject, opening=opening, length_factor=length, is_bedtime=is_bedtime)
+
+
+def chat_prefix(template: str, prompt: StoryPrompt) -> str:
+    """An instruct model's chat markup up to its reply, asking for the story; the opening then starts the reply.
+
+    Raises ValueError when the template cannot be rendered.
+    """
+    import jinja2
+    import jinja2.sandbox
+
+    kind = "a short, calm bedtime story" if prompt.is_bedtime else "a gentle story"
+    instruction = (
+        f"Tell {kind} for a young child about {prompt.subject}. Use short, simple sentences and give it a happy ending."
+    )
+    try:
+        env = jinja2.sandbox.ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+        return env.from_string(template).render(
+            messages=[{"role": "user", "content": instruction}], add_generation_prompt=True, bos_token="", eos_token=""
+        )
+    except jinja2.TemplateError as e:
+        raise ValueError(f"the model's chat template cannot be rendered: {e}") from None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
+import random
 import time
 from collections.abc import Callable
 from typing import TextIO
@@ -28,8 +29,9 @@ from robot.events import (
     TranscriptFinal,
     TranscriptPartial,
 )
-from robot.prompt import build_prompt
-from robot.story import StoryResult, StoryTeller, StoryTimings
+from robot.prompt import StoryPrompt, build_prompt, is_continue_request
+from robot.resume import StoryStore
+from robot.story import StoryPlan, StoryResult, StoryTeller
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +55,8 @@ class Robot:
         open_sink: Callable[[], Sink],
         story_out: TextIO,
         diag_out: TextIO,
+        safety: Callable[[str], str | None] = lambda sentence: sentence,
+        store: StoryStore | None = None,
     ) -> None:
         self.config = config
         self.mode = mode
@@ -62,7 +66,9 @@ class Robot:
         self.end_of_speech_at: float | None = None  # of the request that started the current story
         self._engine_host = engine_host
         self._open_sink = open_sink
-        self._teller = StoryTeller(config, tts, self._on_sentence)
+        self._safety = safety
+        self._store = store
+        self._teller = StoryTeller(config, tts, self._on_sentence, safety, store)
         self._story_out = story_out
         self._diag = diag_out
         self._events: asyncio.Queue[Event] = asyncio.Queue(EVENT_QUEUE_SIZE)
@@ -145,33 +151,56 @@ class Robot:
     # --- stories ------------------------------------------------------------------------------------
 
     def _start_story(self, text: str, source: Source, requested_at: float) -> None:
-        prompt = build_prompt(text)
-        log.info("story requested (%s): %r -> %r", source.value, text, prompt.opening)
+        plan = self._plan(text)
+        log.info(
+            "story requested (%s): %r -> %r%s",
+            source.value,
+            text,
+            plan.prompt.opening,
+            f", resuming at sentence {len(plan.told)}" if plan.told else "",
+        )
         self._set_state(State.THINKING)
-        self._story_task = asyncio.create_task(self._tell(prompt, requested_at), name="story")
+        self._story_task = asyncio.create_task(self._tell(plan, requested_at), name="story")
 
-    async def _tell(self, prompt, requested_at: float) -> None:
-        # the speaker opens (a blocking PortAudio call) in a thread while the opening sentence is synthesized
+    def _plan(self, text: str) -> StoryPlan:
+        cfg = self.config.engine
+        if is_continue_request(text):
+            saved = self._store.load() if self._store else None
+            if saved is not None and not saved.is_finished and saved.sentences:
+                prompt = StoryPrompt(request=saved.request, subject=saved.subject, opening=saved.opening)
+                return StoryPlan(prompt, saved.seed, cfg.max_tokens, told=tuple(saved.sentences))
+            log.info("no story to continue; telling a new one")
+        bedtime = self.config.story.bedtime
+        prompt = build_prompt(text, is_bedtime=bedtime)
+        if self._safety(prompt.opening) is None:
+            log.warning("the request's subject is not for children; telling a story about something else")
+            prompt = build_prompt("", is_bedtime=bedtime)
+        seed = cfg.seed if cfg.seed >= 0 else random.randrange(2**31)  # chosen here, so that it can be saved
+        return StoryPlan(prompt, seed, max(8, round(cfg.max_tokens * prompt.length_factor)))
+
+    async def _tell(self, plan: StoryPlan, requested_at: float) -> None:
+        # the engine starts and the speaker opens (a blocking PortAudio call, in a thread) while the opening is
+        # synthesized: neither is needed for the first sentence
+        engine = asyncio.ensure_future(self._engine_host.get())
+        engine.add_done_callback(self._engine_resolved)
         opening = asyncio.ensure_future(asyncio.to_thread(self._open_sink))
         opening.add_done_callback(self._sink_opened)
         try:
-            try:
-                engine = await self._engine_host.get()
-            except EngineUnavailable as e:
-                log.error("no engine: %s", e)
-                result = StoryResult(
-                    prompt=prompt, outcome=f"engine unavailable: {e}", timings=StoryTimings(requested_at)
-                )
-                if e.is_permanent:
-                    self.exit_code = 65
-            else:
-                result = await self._teller.tell(prompt, engine, opening, requested_at)
+            result = await self._teller.tell(plan, engine, opening, requested_at)
         finally:
+            engine.cancel()
             self._sink = None
             sink = await asyncio.shield(opening) if not opening.cancelled() else None
             if sink is not None:
                 await sink.close()
         self.post(StoryEnded(result))
+
+    def _engine_resolved(self, engine: asyncio.Future) -> None:
+        if engine.cancelled():
+            return
+        error = engine.exception()
+        if isinstance(error, EngineUnavailable) and error.is_permanent:
+            self.exit_code = 65
 
     def _sink_opened(self, opening: asyncio.Future) -> None:
         if not opening.cancelled() and opening.exception() is None:
@@ -187,8 +216,6 @@ class Robot:
         self._story_task = None
         self.results.append(result)
         self._print_timings(result)
-        if result.outcome.startswith("engine unavailable") and self.mode is not Mode.DAEMON:
-            self.exit_code = self.exit_code or 69
         self._set_state(State.STOPPING if self.mode is not Mode.DAEMON else State.IDLE)
 
     async def _stop_story(self) -> None:

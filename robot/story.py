@@ -1,8 +1,12 @@
-"""Telling one story: engine tokens -> sentences -> speech -> speaker, each stage running ahead of the next.
+"""Telling one story: engine tokens -> sentences -> safety -> speech -> speaker, each stage ahead of the next.
 
-The opening sentence is synthesized and played while the engine is still reading the prompt, so the child hears
-the story begin at once. Generation may run up to story.queue_sentences ahead of speech (a bounded queue: a slow
-speaker holds the engine back instead of buffering without end).
+The opening sentence is synthesized and played while the engine is still starting or reading the prompt, so the
+child hears the story begin at once. Generation may run up to story.queue_sentences ahead of speech (a bounded
+queue: a slow speaker holds the engine back instead of buffering without end).
+
+A story longer than the model's context is generated in windows: when the context fills, the next prompt is the
+opening (which names the characters) plus as much of the latest text as fits, and the model goes on from there.
+The same mechanism resumes a saved story after a restart.
 """
 
 from __future__ import annotations
@@ -19,13 +23,18 @@ from audio.speech import Audio
 from audio.tts import Tts, TtsError
 from engines import protocol as p
 from engines.client import EngineError
+from robot.canned import canned_story
 from robot.config import Config
-from robot.prompt import StoryPrompt
+from robot.prompt import StoryPrompt, chat_prefix
+from robot.resume import StoryRecord, StoryStore
 from robot.sentences import SentenceSplitter
 
 log = logging.getLogger(__name__)
 
 CLOSING_SENTENCE = "And that is the end of the story."
+RESUME_BRIDGE = "Let's go on with the story."
+APOLOGY = "Oh, my story book closed by itself. Let me tell you a story I know by heart."
+CHARS_PER_TOKEN = 3  # a cautious average for English prose, used to fit prompts into the context
 STOP_STRINGS = ("<", "\n\n\n", "http")  # a base model drifting into web pages starts with these
 
 
@@ -62,30 +71,64 @@ class StoryTimings:
 class StoryResult:
     prompt: StoryPrompt
     sentences: list[str] = field(default_factory=list)  # as spoken
-    outcome: str = "finished"  # finished | stopped | engine failed: ... | speaker failed: ...
+    outcome: str = "finished"  # finished | stopped | engine failed: ... | speaker failed: ... | canned: ...
     engine_reason: str = ""  # the engine's stop reason, when it finished
     timings: StoryTimings | None = None
+    blocked: int = 0  # sentences the safety filter kept from the child
 
     @property
     def text(self) -> str:
         return " ".join(self.sentences)
 
 
+@dataclass(frozen=True)
+class StoryPlan:
+    prompt: StoryPrompt
+    seed: int
+    max_tokens: int  # generated tokens for this telling, over all windows
+    told: tuple[str, ...] = ()  # sentences heard before (a resumed story), the opening first
+
+
+def window_prompt(opening: str, story_so_far: str, budget_chars: int) -> str:
+    """The opening plus as much of the latest text as fits in budget_chars, starting at a word."""
+    room = budget_chars - len(opening) - 1
+    tail = story_so_far[-room:] if room > 0 else ""
+    if len(tail) < len(story_so_far):
+        tail = tail[tail.find(" ") + 1 :] if " " in tail else ""
+    return f"{opening} {tail}".strip() if tail else opening
+
+
 class StoryTeller:
-    def __init__(self, config: Config, tts: Tts, on_sentence: Callable[[int, str], None]) -> None:
+    def __init__(
+        self,
+        config: Config,
+        tts: Tts,
+        on_sentence: Callable[[int, str], None],
+        safety: Callable[[str], str | None] = lambda sentence: sentence,
+        store: StoryStore | None = None,
+    ) -> None:
         self._config = config
         self._tts = tts
         self._on_sentence = on_sentence
+        self._safety = safety
+        self._store = store
 
-    async def tell(self, prompt: StoryPrompt, engine, sink: Awaitable[Sink], requested_at: float) -> StoryResult:
-        """Tell the story to the sink (still opening, perhaps). Cancelling the task that runs this stops it at once."""
-        result = StoryResult(prompt=prompt, timings=StoryTimings(requested_at=requested_at))
-        sentences: asyncio.Queue[str | None] = asyncio.Queue(self._config.story.queue_sentences)
-        speech: asyncio.Queue[tuple[str, Audio] | None] = asyncio.Queue(2)
+    async def tell(self, plan: StoryPlan, engine: Awaitable, sink: Awaitable[Sink], requested_at: float) -> StoryResult:
+        """Tell the story to the sink (both may still be starting). Cancelling the task stops it at once."""
+        result = StoryResult(prompt=plan.prompt, timings=StoryTimings(requested_at=requested_at))
+        record = StoryRecord(
+            request=plan.prompt.request,
+            subject=plan.prompt.subject,
+            opening=plan.prompt.opening,
+            seed=plan.seed,
+            sentences=list(plan.told),
+        )
+        sentences: asyncio.Queue[tuple[str, bool] | None] = asyncio.Queue(self._config.story.queue_sentences)
+        speech: asyncio.Queue[tuple[str, bool, Audio] | None] = asyncio.Queue(2)
         stages = [
-            asyncio.create_task(self._generate(prompt, engine, sentences, result), name="story-generate"),
-            asyncio.create_task(self._synthesize(sentences, speech), name="story-tts"),
-            asyncio.create_task(self._speak(speech, sink, result), name="story-speak"),
+            asyncio.create_task(self._generate(plan, engine, sentences, result), name="story-generate"),
+            asyncio.create_task(self._synthesize(sentences, speech, result), name="story-tts"),
+            asyncio.create_task(self._speak(speech, sink, result, record), name="story-speak"),
         ]
         try:
             await stages[2]
@@ -97,43 +140,100 @@ class StoryTeller:
             await asyncio.gather(*stages, return_exceptions=True)
         return result
 
-    async def _generate(self, prompt: StoryPrompt, engine, out: asyncio.Queue, result: StoryResult) -> None:
-        cfg = self._config
-        timings = result.timings
-        splitter = SentenceSplitter(cfg.story.min_sentence_chars, cfg.story.max_sentence_chars)
-        await out.put(prompt.opening)
-        request = {
-            "prompt": prompt.engine_prompt,
-            "max_tokens": cfg.engine.max_tokens,
-            "temperature": cfg.engine.temperature,
-            "top_p": cfg.engine.top_p,
-            "top_k": cfg.engine.top_k,
-            "repeat_penalty": cfg.engine.repeat_penalty,
-            "seed": cfg.engine.seed,
-            "stop": STOP_STRINGS,
-        }
+    # --- generation ---------------------------------------------------------------------------------
+
+    async def _generate(
+        self, plan: StoryPlan, engine_ready: Awaitable, out: asyncio.Queue, result: StoryResult
+    ) -> None:
+        """Puts (sentence, is_story) pairs; is_story is False for what is said about the story (a bridge)."""
+        if plan.told:
+            await out.put((RESUME_BRIDGE, False))
+            await out.put((plan.told[-1], False))  # the last sentence heard, as a reminder
+        else:
+            await out.put((plan.prompt.opening, True))
         try:
+            engine = await engine_ready
+        except Exception as e:  # EngineUnavailable, or anything that kept the engine from starting
+            log.error("no engine (%s); telling a canned story", e)
+            result.outcome = f"canned: {e}"
+            await self._put_canned(plan, out)
+            result.timings.generation_done_at = time.monotonic()
+            await out.put(None)
+            return
+        splitter = SentenceSplitter(self._config.story.min_sentence_chars, self._config.story.max_sentence_chars)
+        story_so_far = " ".join(plan.told[1:])
+        try:
+            story_so_far = await self._generate_windows(plan, engine, splitter, story_so_far, out, result)
+        except EngineError as e:
+            log.error("story generation failed: %s", e)
+            result.outcome = f"engine failed: {e}"
+        result.timings.generation_done_at = time.monotonic()
+        for sentence in self._ending(splitter, result.engine_reason):
+            await out.put((sentence, True))
+        await out.put(None)
+
+    async def _generate_windows(self, plan, engine, splitter, story_so_far: str, out, result: StoryResult) -> str:
+        cfg = self._config.engine
+        timings = result.timings
+        context = engine.ready.context_tokens if engine.ready else cfg.context_tokens
+        budget_chars = context // 2 * CHARS_PER_TOKEN  # half the context for the prompt, half for the story
+        prefix = self._chat_prefix(engine, plan)
+        told = 0
+        while told < plan.max_tokens:
+            request = {
+                "prompt": prefix + window_prompt(plan.prompt.engine_prompt, story_so_far, budget_chars - len(prefix)),
+                "special": bool(prefix),
+                "max_tokens": plan.max_tokens - told,
+                "temperature": cfg.temperature,
+                "top_p": cfg.top_p,
+                "top_k": cfg.top_k,
+                "repeat_penalty": cfg.repeat_penalty,
+                "seed": (plan.seed + told) % (2**31),
+                "stop": STOP_STRINGS,
+            }
+            done = None
             async for frame in engine.generate(
-                request,
-                first_token_timeout_s=cfg.engine.first_token_timeout_s,
-                token_timeout_s=cfg.engine.token_timeout_s,
+                request, first_token_timeout_s=cfg.first_token_timeout_s, token_timeout_s=cfg.token_timeout_s
             ):
                 if isinstance(frame, p.Token):
                     if timings.first_token_at is None:
                         timings.first_token_at = time.monotonic()
+                    story_so_far += frame.text
                     for sentence in splitter.feed(frame.text):
-                        await out.put(sentence)
+                        await out.put((sentence, True))
                 else:
-                    result.engine_reason = frame.reason.value
-                    timings.tokens, timings.prompt_tokens = frame.tokens, frame.prompt_tokens
-                    timings.tokens_per_s = frame.tokens_per_s
-        except EngineError as e:
-            log.error("story generation failed: %s", e)
-            result.outcome = f"engine failed: {e}"
-        timings.generation_done_at = time.monotonic()
-        for sentence in self._ending(splitter, result.engine_reason):
-            await out.put(sentence)
-        await out.put(None)
+                    done = frame
+            told += done.tokens
+            result.engine_reason = done.reason.value
+            timings.tokens += done.tokens
+            timings.prompt_tokens = done.prompt_tokens
+            timings.tokens_per_s = done.tokens_per_s
+            context_filled = done.reason is p.StopReason.LENGTH and done.tokens < request["max_tokens"]
+            if not context_filled or done.tokens == 0:
+                break
+            log.info("context full after %d tokens; going on in a new window", told)
+        return story_so_far
+
+    @staticmethod
+    def _chat_prefix(engine, plan: StoryPlan) -> str:
+        template = getattr(engine, "chat_template", "")
+        if not template:
+            return ""
+        try:
+            prefix = chat_prefix(template, plan.prompt)
+        except ValueError as e:
+            log.warning("%s; using plain completion", e)
+            return ""
+        log.debug("chat prompt: %r", prefix)
+        return prefix
+
+    async def _put_canned(self, plan: StoryPlan, out: asyncio.Queue) -> None:
+        story = canned_story(self._config.story.language, plan.prompt.request, plan.seed)
+        if plan.told or story[0] != plan.prompt.opening:
+            await out.put((APOLOGY, False))
+        for sentence in story:
+            if sentence != plan.prompt.opening or plan.told:
+                await out.put((sentence, True))
 
     @staticmethod
     def _ending(splitter: SentenceSplitter, engine_reason: str) -> list[str]:
@@ -145,23 +245,30 @@ class StoryTeller:
             rest = rest[:-1]
         return [*rest, CLOSING_SENTENCE]
 
-    async def _synthesize(self, sentences: asyncio.Queue, out: asyncio.Queue) -> None:
-        while (sentence := await sentences.get()) is not None:
+    # --- speech -------------------------------------------------------------------------------------
+
+    async def _synthesize(self, sentences: asyncio.Queue, out: asyncio.Queue, result: StoryResult) -> None:
+        while (item := await sentences.get()) is not None:
+            sentence, is_story = item
+            safe = self._safety(sentence)
+            if safe is None:
+                result.blocked += 1
+                continue
             try:
                 started = time.monotonic()
-                audio = await self._tts.synthesize(sentence)
+                audio = await self._tts.synthesize(safe)
                 log.debug("synthesized %.1f s of speech in %.3f s", audio.duration_s, time.monotonic() - started)
             except TtsError as e:
                 log.warning("sentence skipped: %s", e)
                 continue
-            await out.put((sentence, audio))
+            await out.put((safe, is_story, audio))
         await out.put(None)
 
-    async def _speak(self, speech: asyncio.Queue, opening_sink: Awaitable[Sink], result: StoryResult) -> None:
+    async def _speak(self, speech: asyncio.Queue, opening_sink: Awaitable[Sink], result: StoryResult, record) -> None:
         sink = await opening_sink
         log.debug("speaker open")
         while (item := await speech.get()) is not None:
-            sentence, audio = item
+            sentence, is_story, audio = item
             self._on_sentence(len(result.sentences), sentence)
             result.sentences.append(sentence)
             is_complete = await sink.play(audio)
@@ -170,4 +277,13 @@ class StoryTeller:
             if not is_complete:
                 result.outcome = "stopped"
                 return
+            if is_story:
+                record.sentences.append(sentence)
+                self._save(record)
         result.timings.speech_done_at = time.monotonic()
+        record.is_finished = True
+        self._save(record)
+
+    def _save(self, record: StoryRecord) -> None:
+        if self._store is not None:
+            self._store.save(record)

@@ -229,3 +229,85 @@ def test_the_daemon_tells_a_spoken_story_stops_on_enter_and_exits_on_sigterm(sou
     assert stdout[0].strip() == "Once upon a time, there was a dragon who loved tea."
     last_sound = recorder.last_speech_arrival()
     assert last_sound is not None and last_sound - pressed < 0.5, "the speaker was not silenced"
+
+
+class Daemon:
+    """`storybot run` in the sound room, its output collected by threads."""
+
+    def __init__(self, sound_room, state_dir: Path, *overrides: str) -> None:
+        import threading
+
+        args = [a for o in overrides for a in ("--set", o)]
+        self.proc = subprocess.Popen(
+            [STORYBOT, "run", "-v", *args],
+            env={**sound_room.env(), "STORYBOT_STATE_DIR": str(state_dir)},
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        self.stdout: list[str] = []
+        self.stderr: list[str] = []
+        for stream, out in ((self.proc.stdout, self.stdout), (self.proc.stderr, self.stderr)):
+            threading.Thread(target=lambda s=stream, o=out: o.extend(iter(s.readline, "")), daemon=True).start()
+
+    def wait_until(self, condition, timeout_s: float, what: str) -> None:
+        deadline = time.monotonic() + timeout_s
+        while not condition():
+            if time.monotonic() > deadline:
+                pytest.fail(f"{what} did not happen within {timeout_s} s; stderr: {''.join(self.stderr)[-2000:]}")
+            time.sleep(0.05)
+
+    def engine_pid(self) -> int | None:
+        children = subprocess.run(["pgrep", "-P", str(self.proc.pid)], capture_output=True, text=True).stdout.split()
+        return int(children[0]) if children else None
+
+
+@pytest.mark.soundroom
+def test_a_story_resumes_after_the_daemon_is_killed_mid_story(sound_room, espeak, tmp_path):
+    import os
+    import signal
+
+    state = tmp_path / "state"
+    request = write_wav(tmp_path / "request.wav", espeak("tell me a story about a dragon who loves tea"), 16000)
+    again = write_wav(tmp_path / "again.wav", espeak("continue the story"), 16000)
+
+    first = Daemon(sound_room, state, "engine.max_tokens=300", "engine.seed=6")
+    try:
+        first.wait_until(lambda: any("listening on" in line for line in first.stderr), 60, "listening")
+        time.sleep(0.5)
+        sound_room.play_into_room(request)
+        first.wait_until(lambda: len(first.stdout) >= 3, 90, "three sentences")
+        engine = first.engine_pid()
+        first.proc.send_signal(signal.SIGKILL)  # the power goes
+        first.proc.wait(10)
+    finally:
+        first.proc.kill()
+    deadline = time.monotonic() + 5  # the orphaned engine sees its stdin close and exits
+    while engine is not None and os.path.exists(f"/proc/{engine}") and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert engine is None or not os.path.exists(f"/proc/{engine}"), "the engine outlived its daemon"
+    saved = json.loads((state / "story.json").read_text())
+    assert not saved["is_finished"] and len(saved["sentences"]) >= 2
+    heard_before = [line.strip() for line in first.stdout]
+
+    second = Daemon(sound_room, state, "engine.max_tokens=40")
+    try:
+        second.wait_until(lambda: any("listening on" in line for line in second.stderr), 60, "listening")
+        time.sleep(0.5)
+        sound_room.play_into_room(again)
+        second.wait_until(
+            lambda: any("speaking -> idle" in line for line in second.stderr), 120, "the rest of the story"
+        )
+        second.proc.send_signal(signal.SIGTERM)
+        assert second.proc.wait(10) == 0
+    finally:
+        second.proc.kill()
+    told = [line.strip() for line in second.stdout]
+    heard = [line for line in second.stderr if line.startswith("heard: ")]
+    assert heard and "continue" in heard[0]
+    assert told[0] == "Let's go on with the story."
+    assert told[1] == saved["sentences"][-1] and told[1] in heard_before
+    assert told[2] not in heard_before  # new story, not the old one again
+    resumed = json.loads((state / "story.json").read_text())
+    assert resumed["sentences"][: len(saved["sentences"])] == saved["sentences"] and resumed["is_finished"]

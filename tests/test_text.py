@@ -19,7 +19,10 @@ OPENINGS = [
         "Tell me a story about a dragon called Bo who loves tea.",
         "Once upon a time, there was a dragon called Bo who loved tea.",
     ),
-    ("can you please tell us a bedtime story about an owl that sings", "Once upon a time, there was an owl that sang."),
+    (
+        "can you please tell us a bedtime story about an owl that sings",
+        "Once upon a time, as the stars came out one quiet evening, there was an owl that sang.",
+    ),
     ("story about Bo the bunny", "Once upon a time, there was Bo the bunny."),
     ("tell me a story about a robot who wants to fly", "Once upon a time, there was a robot who wanted to fly."),
     ("elephant", "Once upon a time, there was an elephant."),
@@ -141,3 +144,47 @@ def test_multibyte_characters_split_across_tokens_come_out_whole():
     data = "Bo 🐉 über".encode()
     out = "".join(pieces.feed(data[i : i + 1]) for i in range(len(data))) + pieces.flush()
     assert out == "Bo 🐉 über"
+
+
+@pytest.mark.parametrize(
+    "request_text,factor,is_bedtime",
+    [
+        ("tell me a story about a fox", 1.0, False),
+        ("tell me a short story about a fox", 0.5, False),
+        ("tell me a long story about a fox", 1.5, False),
+        ("a bedtime story about a fox", 0.6, True),
+        ("a long bedtime story about a fox", 0.6, True),  # bedtime stays short
+        ("a story about a fox who is sleepy", 0.6, True),
+    ],
+)
+def test_length_and_bedtime_come_from_the_request(request_text, factor, is_bedtime):
+    prompt = build_prompt(request_text)
+    assert prompt.length_factor == factor and prompt.is_bedtime is is_bedtime
+    assert "a fox" in prompt.opening
+    assert ("stars came out" in prompt.opening) is is_bedtime
+
+
+def test_bedtime_mode_can_be_forced():
+    assert build_prompt("a fox", is_bedtime=True).is_bedtime
+
+
+GEMMA_STYLE_TEMPLATE = (
+    "{{ bos_token }}{% for m in messages %}<start_of_turn>{{ 'model' if m['role'] == 'assistant' else m['role'] }}\n"
+    "{{ m['content'] }}<end_of_turn>\n{% endfor %}{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}"
+)
+
+
+def test_a_chat_template_puts_the_request_in_the_users_turn():
+    from robot.prompt import chat_prefix
+
+    prefix = chat_prefix(GEMMA_STYLE_TEMPLATE, build_prompt("a bedtime story about a fox"))
+    assert prefix.startswith("<start_of_turn>user\nTell a short, calm bedtime story for a young child about a fox.")
+    assert prefix.endswith("<start_of_turn>model\n")
+
+
+@pytest.mark.parametrize("template", ["{% for %}", "{{ ().__class__.__bases__[0].__subclasses__() }}"])
+def test_a_broken_or_hostile_template_is_refused(template):
+    from robot.prompt import chat_prefix
+
+    with pytest.raises(ValueError, match="chat template"):
+        chat_prefix(template, build_prompt("a fox"))
