@@ -139,7 +139,7 @@ async def run_robot(config: Config, args: argparse.Namespace) -> int:
     try:
         tts = build_tts(
             config.tts.backend,
-            config.tts.voice,
+            config.tts.voice or ("" if config.story.language == "en" else config.story.language),
             config.tts.rate_wpm,
             Timeouts(config.tts.timeout_base_s, config.tts.timeout_per_char_s),
         )

@@ -90,7 +90,7 @@ class TtsConfig:
 
 @dataclass(frozen=True)
 class StoryConfig:
-    language: str = _opt("en", choices=("en",))
+    language: str = _opt("en", choices=("en", "ko"))
     bedtime: bool = _opt(False)  # every story calm and short, as if the request said "bedtime"
     min_sentence_chars: int = _opt(24, low=1, high=400)
     max_sentence_chars: int = _opt(300, low=40, high=2000)
@@ -239,5 +239,9 @@ def check_semantics(config: Config) -> None:
         raise ConfigError(f"asr.pocketsphinx_search: {search!r} is neither story-requests, general nor a JSGF file")
     if config.engine.model and not Path(config.engine.model).is_file():
         raise ConfigError(f"engine.model: {config.engine.model}: no such file")
+    if config.story.language != "en" and config.tts.backend == "flite":
+        raise ConfigError(
+            f'story.language = {config.story.language!r} needs tts.backend = "pyttsx3" (flite speaks English only)'
+        )
     if config.story.min_sentence_chars >= config.story.max_sentence_chars:
         raise ConfigError("story.min_sentence_chars must be below story.max_sentence_chars")

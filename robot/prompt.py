@@ -13,6 +13,8 @@ import re
 import unicodedata
 from dataclasses import dataclass
 
+from robot import prompt_ko
+
 MAX_SUBJECT_WORDS = 24
 MAX_SUBJECT_CHARS = 160
 DEFAULT_SUBJECT = "a little bear who wanted to see the sea"
@@ -102,6 +104,7 @@ class StoryPrompt:
     opening: str  # the first sentence: spoken first, and the text the model continues
     length_factor: float = 1.0  # times engine.max_tokens: 0.5 for "a short story", 1.5 for "a long one"
     is_bedtime: bool = False  # calm and short
+    language: str = "en"
 
     @property
     def engine_prompt(self) -> str:
@@ -151,9 +154,34 @@ _CONTINUE = re.compile(
 )
 
 
-def is_continue_request(request: str) -> bool:
-    """True for "continue the story", "go on", "tell me more"...: resume the saved story instead of a new one."""
+def is_continue_request(request: str, language: str = "en") -> bool:
+    """True for "continue the story", "go on", "tell me more", "계속 해 줘"...: resume the saved story."""
+    if language == "ko":
+        return prompt_ko.is_continue_request(clean_request(request))
     return bool(_CONTINUE.match(clean_request(request).strip(" .!?")))
+
+
+@dataclass(frozen=True)
+class Phrases:
+    """What the robot says about a story, in the story's language."""
+
+    closing: str  # after a story that was cut off
+    resume_bridge: str  # before a resumed story
+    apology: str  # before a canned story, when the engine failed
+
+
+PHRASES = {
+    "en": Phrases(
+        closing="And that is the end of the story.",
+        resume_bridge="Let's go on with the story.",
+        apology="Oh, my story book closed by itself. Let me tell you a story I know by heart.",
+    ),
+    "ko": Phrases(
+        closing="이렇게 이야기는 끝났답니다.",
+        resume_bridge="이야기를 계속할게요.",
+        apology="이야기책이 저절로 닫혀 버렸네요. 내가 외우고 있는 이야기를 들려줄게요.",
+    ),
+}
 
 
 _BEDTIME = re.compile(r"\b(?:bedtime|sleepy|goodnight|good\s+night|calm|quiet)\b", re.IGNORECASE)
@@ -162,8 +190,13 @@ _LONG = re.compile(r"\b(?:long|longer|big)\s+(?:\w+\s+)?(?:story|tale)\b", re.IG
 BEDTIME_LENGTH_FACTOR = 0.6
 
 
-def build_prompt(request: str, *, is_bedtime: bool = False) -> StoryPrompt:
+def build_prompt(request: str, *, is_bedtime: bool = False, language: str = "en") -> StoryPrompt:
     cleaned = clean_request(request)
+    if language == "ko":
+        subject = prompt_ko.extract_subject(cleaned)
+        is_bedtime = is_bedtime or prompt_ko.is_bedtime(cleaned)
+        length = min(prompt_ko.length_factor(cleaned), BEDTIME_LENGTH_FACTOR if is_bedtime else 9.0)
+        return StoryPrompt(cleaned, subject, prompt_ko.opening(subject, is_bedtime), length, is_bedtime, "ko")
     subject = extract_subject(request)
     is_bedtime = is_bedtime or bool(_BEDTIME.search(cleaned))
     length = 0.5 if _SHORT.search(cleaned) else 1.5 if _LONG.search(cleaned) else 1.0
@@ -183,10 +216,14 @@ def chat_prefix(template: str, prompt: StoryPrompt) -> str:
     import jinja2
     import jinja2.sandbox
 
-    kind = "a short, calm bedtime story" if prompt.is_bedtime else "a gentle story"
-    instruction = (
-        f"Tell {kind} for a young child about {prompt.subject}. Use short, simple sentences and give it a happy ending."
-    )
+    if prompt.language == "ko":
+        instruction = prompt_ko.instruction(prompt.subject, prompt.is_bedtime)
+    else:
+        kind = "a short, calm bedtime story" if prompt.is_bedtime else "a gentle story"
+        instruction = (
+            f"Tell {kind} for a young child about {prompt.subject}. "
+            "Use short, simple sentences and give it a happy ending."
+        )
     try:
         env = jinja2.sandbox.ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
         return env.from_string(template).render(

@@ -164,17 +164,18 @@ class Robot:
 
     def _plan(self, text: str) -> StoryPlan:
         cfg = self.config.engine
-        if is_continue_request(text):
+        language = self.config.story.language
+        if is_continue_request(text, language):
             saved = self._store.load() if self._store else None
             if saved is not None and not saved.is_finished and saved.sentences:
-                prompt = StoryPrompt(request=saved.request, subject=saved.subject, opening=saved.opening)
+                prompt = StoryPrompt(saved.request, saved.subject, saved.opening, language=language)
                 return StoryPlan(prompt, saved.seed, cfg.max_tokens, told=tuple(saved.sentences))
             log.info("no story to continue; telling a new one")
         bedtime = self.config.story.bedtime
-        prompt = build_prompt(text, is_bedtime=bedtime)
+        prompt = build_prompt(text, is_bedtime=bedtime, language=language)
         if self._safety(prompt.opening) is None:
             log.warning("the request's subject is not for children; telling a story about something else")
-            prompt = build_prompt("", is_bedtime=bedtime)
+            prompt = build_prompt("", is_bedtime=bedtime, language=language)
         seed = cfg.seed if cfg.seed >= 0 else random.randrange(2**31)  # chosen here, so that it can be saved
         return StoryPlan(prompt, seed, max(8, round(cfg.max_tokens * prompt.length_factor)))
 

@@ -74,7 +74,8 @@ class SentenceSplitter:
 
 def _is_boundary(buf: str, m: re.Match, end: int) -> bool:
     nxt = buf[end]
-    if not (nxt.isupper() or nxt.isdigit() or nxt in "\"'“‘(["):
+    is_caseless_letter = nxt.isalpha() and nxt.lower() == nxt.upper()  # Hangul, Han, ... have no capitals
+    if not (nxt.isupper() or is_caseless_letter or nxt.isdigit() or nxt in "\"'“‘(["):
         return False  # '"Stop!" said Bo.' or 'a... b': the sentence goes on
     if m.group(1) == ".":
         word = re.search(r"([\w.]+)$", buf[: m.start()])

@@ -25,15 +25,14 @@ from engines import protocol as p
 from engines.client import EngineError
 from robot.canned import canned_story
 from robot.config import Config
-from robot.prompt import StoryPrompt, chat_prefix
+from robot.prompt import PHRASES, StoryPrompt, chat_prefix
 from robot.resume import StoryRecord, StoryStore
 from robot.sentences import SentenceSplitter
 
 log = logging.getLogger(__name__)
 
-CLOSING_SENTENCE = "And that is the end of the story."
-RESUME_BRIDGE = "Let's go on with the story."
-APOLOGY = "Oh, my story book closed by itself. Let me tell you a story I know by heart."
+CLOSING_SENTENCE = PHRASES["en"].closing
+RESUME_BRIDGE = PHRASES["en"].resume_bridge
 CHARS_PER_TOKEN = 3  # a cautious average for English prose, used to fit prompts into the context
 STOP_STRINGS = ("<", "\n\n\n", "http")  # a base model drifting into web pages starts with these
 
@@ -147,7 +146,7 @@ class StoryTeller:
     ) -> None:
         """Puts (sentence, is_story) pairs; is_story is False for what is said about the story (a bridge)."""
         if plan.told:
-            await out.put((RESUME_BRIDGE, False))
+            await out.put((PHRASES[plan.prompt.language].resume_bridge, False))
             await out.put((plan.told[-1], False))  # the last sentence heard, as a reminder
         else:
             await out.put((plan.prompt.opening, True))
@@ -168,7 +167,7 @@ class StoryTeller:
             log.error("story generation failed: %s", e)
             result.outcome = f"engine failed: {e}"
         result.timings.generation_done_at = time.monotonic()
-        for sentence in self._ending(splitter, result.engine_reason):
+        for sentence in self._ending(splitter, result.engine_reason, PHRASES[plan.prompt.language].closing):
             await out.put((sentence, True))
         await out.put(None)
 
@@ -228,22 +227,22 @@ class StoryTeller:
         return prefix
 
     async def _put_canned(self, plan: StoryPlan, out: asyncio.Queue) -> None:
-        story = canned_story(self._config.story.language, plan.prompt.request, plan.seed)
+        story = canned_story(plan.prompt.language, plan.prompt.request, plan.seed)
         if plan.told or story[0] != plan.prompt.opening:
-            await out.put((APOLOGY, False))
+            await out.put((PHRASES[plan.prompt.language].apology, False))
         for sentence in story:
             if sentence != plan.prompt.opening or plan.told:
                 await out.put((sentence, True))
 
     @staticmethod
-    def _ending(splitter: SentenceSplitter, engine_reason: str) -> list[str]:
+    def _ending(splitter: SentenceSplitter, engine_reason: str, closing: str) -> list[str]:
         rest = splitter.flush()
         if engine_reason == p.StopReason.EOS.value:
             return rest
         # cut off (token limit, stop string, failure): drop an unfinished last sentence and close the story
         if rest and rest[-1][-1] not in ".!?\"”'…":
             rest = rest[:-1]
-        return [*rest, CLOSING_SENTENCE]
+        return [*rest, closing]
 
     # --- speech -------------------------------------------------------------------------------------
 

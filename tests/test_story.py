@@ -242,3 +242,40 @@ def test_an_instruct_model_gets_its_chat_template_with_the_opening_as_its_reply(
     # the markup was parsed as the model's special tokens (49 tokens), not spelled out as text (66)
     chat_tokens = json.loads(timings.read_text())["results"][0]["prompt_tokens"]
     assert chat_tokens == 49, chat_tokens
+
+
+def test_a_korean_story_is_told_in_korean(tmp_path, default_model):
+    import wave
+
+    import numpy as np
+
+    from tests.soundroom import speech_frames
+
+    wav = tmp_path / "ko.wav"
+    proc = tell(
+        "차를 좋아하는 용 이야기 해 줘",
+        "--wav",
+        str(wav),
+        "--set",
+        "story.language=ko",
+        "--set",
+        "tts.backend=pyttsx3",
+        "--set",
+        "engine.max_tokens=60",
+        "--set",
+        "engine.seed=4",
+        state_dir=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    told = proc.stdout.splitlines()
+    assert told[0] == "옛날 옛적에 차를 좋아하는 용이 살았어요."
+    assert len(told) >= 2
+    with wave.open(str(wav)) as w:
+        samples = np.frombuffer(w.readframes(w.getnframes()), dtype="<i2")
+        seconds = speech_frames(samples, rate_hz=w.getframerate()).sum() * 0.05
+    assert seconds >= 3.0
+
+
+def test_korean_with_flite_is_a_configuration_error(tmp_path):
+    proc = tell("용 이야기", "--set", "story.language=ko", state_dir=tmp_path, timeout=60)
+    assert proc.returncode == 78 and "needs tts.backend" in proc.stderr

@@ -188,3 +188,33 @@ def test_a_broken_or_hostile_template_is_refused(template):
 
     with pytest.raises(ValueError, match="chat template"):
         chat_prefix(template, build_prompt("a fox"))
+
+
+KOREAN_OPENINGS = [
+    ("차를 좋아하는 용 이야기 해 줘", "옛날 옛적에 차를 좋아하는 용이 살았어요."),
+    ("용에 대한 이야기 해줘", "옛날 옛적에 용이 살았어요."),
+    ("토끼 이야기 들려줘", "옛날 옛적에 토끼가 살았어요."),  # 가 after a vowel
+    ("공룡이 나오는 이야기", "옛날 옛적에 공룡이 살았어요."),
+    ("잠자리 곰 이야기 들려주세요", "옛날 옛적, 별이 반짝이는 조용한 밤에 곰이 살았어요."),
+    ("", "옛날 옛적에 바다를 보고 싶은 아기 곰이 살았어요."),
+]
+
+
+@pytest.mark.parametrize("request_text,opening", KOREAN_OPENINGS)
+def test_a_korean_request_becomes_a_korean_opening(request_text, opening):
+    assert build_prompt(request_text, language="ko").opening == opening
+
+
+@pytest.mark.parametrize(
+    "text,expected", [("계속 해 줘", True), ("이어서 들려줘", True), ("더 해 주세요", True), ("용 이야기 해 줘", False)]
+)
+def test_korean_continue_requests(text, expected):
+    from robot.prompt import is_continue_request
+
+    assert is_continue_request(text, "ko") is expected
+
+
+def test_the_splitter_cuts_korean_sentences():
+    splitter = SentenceSplitter(min_chars=1)
+    text = "옛날 옛적에 용이 살았어요. 용은 차를 좋아했어요! 어느 날"
+    assert splitter.feed(text) + splitter.flush() == ["옛날 옛적에 용이 살았어요.", "용은 차를 좋아했어요!", "어느 날"]
