@@ -12,3 +12,4 @@ lint:
 bench:
 	scripts/setup.sh --test
 	.venv/bin/python scripts/bench_voice.py
+	.venv/bin/python scripts/bench_stories.py
