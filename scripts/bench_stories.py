@@ -20,16 +20,14 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from audio.speech import Audio  # noqa: E402
 from robot.config import load_config  # noqa: E402
 from robot.engine_host import EngineHost  # noqa: E402
 from robot.prompt import build_prompt  # noqa: E402
 from robot.safety import SafetyFilter  # noqa: E402
 from robot.story import StoryPlan, StoryTeller  # noqa: E402
+from tests.harness import NullSink, RecordingTts, resolved  # noqa: E402
 
 # (request, the word a story about it should use again after the opening)
 REQUESTS = [
@@ -71,34 +69,6 @@ REQUESTS = [
 ]
 
 
-class TextOnlyTts:
-    name = "text-only"
-
-    def __init__(self) -> None:
-        self.spoken: list[str] = []
-
-    async def synthesize(self, text: str) -> Audio:
-        self.spoken.append(text)
-        return Audio(np.zeros(16, dtype=np.int16), 16000)
-
-    async def close(self) -> None:
-        pass
-
-
-class NullSink:
-    rate_hz = 16000
-    first_audio_monotonic = None
-
-    async def play(self, audio: Audio) -> bool:
-        return True
-
-    def stop(self) -> None:
-        pass
-
-    async def close(self) -> None:
-        pass
-
-
 def distinct_4gram_ratio(text: str) -> float:
     words = re.findall(r"[\w']+", text.lower())
     grams = [tuple(words[i : i + 4]) for i in range(len(words) - 3)]
@@ -114,18 +84,14 @@ async def bench(max_tokens: int, overrides: list[str]) -> int:
     rows = []
     try:
         for i, (request, keyword) in enumerate(REQUESTS):
-            tts = TextOnlyTts()
+            tts = RecordingTts()
             teller = StoryTeller(config, tts, lambda index, sentence: None, safety.filter)
             prompt = build_prompt(request)
             if safety.filter(prompt.opening) is None:
                 prompt = build_prompt("")
             plan = StoryPlan(prompt, seed=1000 + i, max_tokens=max_tokens)
-            future = asyncio.get_running_loop().create_future()
-            future.set_result(engine)
-            sink = asyncio.get_running_loop().create_future()
-            sink.set_result(NullSink())
             started = time.monotonic()
-            result = await teller.tell(plan, future, sink, started)
+            result = await teller.tell(plan, resolved(engine), resolved(NullSink()), started)
             generated = " ".join(tts.spoken[1:])
             unsafe_spoken = [s for s in tts.spoken if safety.check(s).is_blocked]
             rows.append(

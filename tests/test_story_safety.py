@@ -8,52 +8,17 @@ import json
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 
-from audio.speech import Audio
 from engines.client import EngineClient
 from robot.config import load_config
 from robot.engine_host import EngineHost
 from robot.prompt import build_prompt
 from robot.safety import SafetyFilter
 from robot.story import StoryPlan, StoryTeller
+from tests.harness import NullSink, RecordingTts, resolved
 
 SCRIPTED_ENGINE = str(Path(__file__).with_name("scripted_engine.py"))
-
-
-class RecordingTts:
-    name = "recording"
-
-    def __init__(self) -> None:
-        self.spoken: list[str] = []
-
-    async def synthesize(self, text: str) -> Audio:
-        self.spoken.append(text)
-        return Audio(np.zeros(16, dtype=np.int16), 16000)
-
-    async def close(self) -> None:
-        pass
-
-
-class NullSink:
-    rate_hz = 16000
-    first_audio_monotonic = None
-
-    async def play(self, audio: Audio) -> bool:
-        return True
-
-    def stop(self) -> None:
-        pass
-
-    async def close(self) -> None:
-        pass
-
-
-def done(value):
-    future = asyncio.get_running_loop().create_future()
-    future.set_result(value)
-    return future
 
 
 async def tell(config, engine, request: str, seed: int, safety: SafetyFilter) -> tuple[list[str], int]:
@@ -62,7 +27,9 @@ async def tell(config, engine, request: str, seed: int, safety: SafetyFilter) ->
     prompt = build_prompt(request)
     if safety.filter(prompt.opening) is None:
         prompt = build_prompt("")
-    result = await teller.tell(StoryPlan(prompt, seed, config.engine.max_tokens), done(engine), done(NullSink()), 0.0)
+    result = await teller.tell(
+        StoryPlan(prompt, seed, config.engine.max_tokens), resolved(engine), resolved(NullSink()), 0.0
+    )
     return tts.spoken, result.blocked
 
 
