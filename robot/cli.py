@@ -129,7 +129,7 @@ async def run_robot(config: Config, args: argparse.Namespace) -> int:
     from audio.playback import open_sink
     from audio.tts import Timeouts, TtsError, build_tts
     from robot.engine_host import EngineHost
-    from robot.events import ListenRequested, ShutdownRequested, Source, StoryRequested
+    from robot.events import ButtonPressed, ShutdownRequested, Source, StoryRequested
     from robot.paths import state_dir
     from robot.resume import StoryStore
     from robot.robot import Mode, Robot
@@ -172,14 +172,23 @@ async def run_robot(config: Config, args: argparse.Namespace) -> int:
     helpers: list[asyncio.Task] = [asyncio.create_task(_warm_up(host), name="engine-warm-up")]
     if mode is Mode.TELL:
         robot.post(StoryRequested(args.text, Source.TEXT, time.monotonic()))
+        button = None
     else:
-        helpers.append(asyncio.create_task(_make_listener(config, robot).run(), name="listener"))
+        listener = _make_listener(config, robot)
+        robot.on_release = listener.end_utterance
+        if config.button.earcon:
+            earcon = _Earcon(config, listener)
+            robot.on_listen_requested = earcon.play
+        helpers.append(asyncio.create_task(listener.run(), name="listener"))
+        button = _start_serial_button(config, robot, loop)
         if mode is Mode.DAEMON and sys.stdin.isatty():
-            loop.add_reader(sys.stdin.fileno(), _on_enter, robot, ListenRequested(Source.BUTTON))
+            loop.add_reader(sys.stdin.fileno(), _on_enter, robot, ButtonPressed(Source.BUTTON))
         print("storybot: listening; ask for a story", file=sys.stderr, flush=True)
     try:
         code = await robot.run()
     finally:
+        if button is not None:
+            button.stop()
         for task in helpers:
             task.cancel()
         await asyncio.gather(*helpers, return_exceptions=True)
@@ -225,6 +234,80 @@ def _make_listener(config: Config, robot):
         ),
         is_open=lambda: robot.is_listening_allowed,
     )
+
+
+LED_FOR_STATE = {
+    "idle": "idle",
+    "listening": "listening",
+    "thinking": "thinking",
+    "speaking": "speaking",
+    "degraded": "error",
+    "stopping": "idle",
+}
+
+
+def _start_serial_button(config: Config, robot, loop: asyncio.AbstractEventLoop):
+    """The push-button board, when one is configured: its events go to the robot, the robot's state to its LED."""
+    if not config.button.serial_port:
+        return None
+    from robot.button_serial import SerialButton
+    from robot.events import ButtonLongPressed, ButtonPressed, ButtonReleased, Source
+
+    kinds = {"press": ButtonPressed, "release": ButtonReleased, "long_press": ButtonLongPressed}
+
+    def on_event(event) -> None:
+        loop.call_soon_threadsafe(robot.post, kinds[event.kind](Source.BUTTON))
+
+    def on_status(message: str) -> None:
+        log.warning("button: %s", message)
+
+    button = SerialButton(
+        config.button.serial_port,
+        on_event,
+        baudrate=config.button.baudrate,
+        long_press_ms=config.button.long_press_ms,
+        debounce_ms=config.button.debounce_ms,
+        on_status=on_status,
+    )
+    robot.on_state_change.append(lambda state: button.set_led(LED_FOR_STATE[state.value]))
+    button.set_led("idle")
+    button.start()
+    return button
+
+
+class _Earcon:
+    """The chime played when the robot starts listening; the microphone ignores it."""
+
+    def __init__(self, config: Config, listener) -> None:
+        from audio.speech import read_wav
+        from robot.paths import assets_dir
+
+        self._config = config
+        self._listener = listener
+        self._audio = read_wav((assets_dir() / "earcons" / "listen.wav").read_bytes())
+        self._task: asyncio.Task | None = None
+
+    def play(self) -> None:
+        self._listener.mute_for(self._audio.duration_s + 0.4)  # the chime, plus the device's latency
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._play(), name="earcon")
+
+    async def _play(self) -> None:
+        from audio.devices import DeviceError
+        from audio.playback import PlaybackError, SoundDeviceSink
+
+        audio = self._config.audio
+        try:
+            sink = await asyncio.to_thread(SoundDeviceSink, audio.output_device, audio.output_rate_hz, audio.volume)
+        except DeviceError as e:
+            log.info("no earcon: %s", e)
+            return
+        try:
+            await sink.play(self._audio)
+        except PlaybackError as e:
+            log.info("earcon: %s", e)
+        finally:
+            await sink.close()
 
 
 def _jsgf_file(search: str) -> str | None:

@@ -98,6 +98,15 @@ class StoryConfig:
 
 
 @dataclass(frozen=True)
+class ButtonConfig:
+    serial_port: str = _opt("")  # the button board's serial port, best its /dev/serial/by-id/ path; "" for none
+    baudrate: int = _opt(115200, low=1200, high=4000000)
+    long_press_ms: int = _opt(1000, low=200, high=10000)
+    debounce_ms: int = _opt(30, low=0, high=500)
+    earcon: bool = _opt(True)  # a short chime when the robot starts listening
+
+
+@dataclass(frozen=True)
 class SafetyConfig:
     # relaxed: profanity, slurs, sexual content, self-harm; standard: also violence and weapons, drugs and strong
     # drink, scary content, mild swearing; strict: also death and dying, insults, wine and tobacco
@@ -113,6 +122,7 @@ class Config:
     tts: TtsConfig = TtsConfig()
     story: StoryConfig = StoryConfig()
     safety: SafetyConfig = SafetyConfig()
+    button: ButtonConfig = ButtonConfig()
 
 
 SECTIONS: dict[str, type] = {

@@ -25,8 +25,22 @@ class Source(enum.Enum):
 
 
 @dataclass(frozen=True)
-class ListenRequested:
-    """Start taking a request now (push-to-talk)."""
+class ButtonPressed:
+    """Idle: start listening (push-to-talk). Thinking or speaking: stop the story."""
+
+    source: Source
+
+
+@dataclass(frozen=True)
+class ButtonReleased:
+    """While listening: the request is over; no need to wait for the silence after it."""
+
+    source: Source
+
+
+@dataclass(frozen=True)
+class ButtonLongPressed:
+    """Continue the interrupted story, or tell a new one when there is none."""
 
     source: Source
 
@@ -84,7 +98,9 @@ class ShutdownRequested:
 
 
 Event = (
-    ListenRequested
+    ButtonPressed
+    | ButtonReleased
+    | ButtonLongPressed
     | SpeechStarted
     | TranscriptPartial
     | TranscriptFinal

@@ -38,8 +38,18 @@ class Listener:
         self._vad = EnergyVad(vad_settings)
         self._end_silence_s = vad_settings.end_silence_ms / 1000.0
         self._is_open = is_open
+        self._is_end_requested = False
+        self._muted_until = 0.0
         # the recognizer is fed in order on one thread, off the event loop
         self._asr_thread = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="asr")
+
+    def end_utterance(self) -> None:
+        """The button was released: the request ends now, not after end_silence_ms of silence."""
+        self._is_end_requested = True
+
+    def mute_for(self, seconds: float) -> None:
+        """Ignore the microphone for a while (the robot's own earcon)."""
+        self._muted_until = max(self._muted_until, time.monotonic() + seconds)
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -71,7 +81,15 @@ class Listener:
         is_in_utterance = False
         while True:
             frame = await mic.read()
-            if not self._is_open():
+            if self._is_end_requested:
+                self._is_end_requested = False
+                if is_in_utterance:
+                    is_in_utterance = False
+                    self._vad.reset()
+                    text = await loop.run_in_executor(self._asr_thread, recognizer.finish)
+                    self._post(TranscriptFinal(text=text, end_of_speech_at=time.monotonic()))
+                    continue
+            if not self._is_open() or time.monotonic() < self._muted_until:
                 if is_in_utterance:
                     await loop.run_in_executor(self._asr_thread, recognizer.finish)
                 self._vad.reset()

@@ -15,9 +15,11 @@ from audio.tts import Tts
 from robot.config import Config
 from robot.engine_host import EngineHost, EngineUnavailable
 from robot.events import (
+    ButtonLongPressed,
+    ButtonPressed,
+    ButtonReleased,
     Event,
     ListenerFailed,
-    ListenRequested,
     ShutdownRequested,
     Source,
     SpeechStarted,
@@ -75,6 +77,12 @@ class Robot:
         self._dropped_events = 0
         self._story_task: asyncio.Task | None = None
         self._sink: Sink | None = None
+        # hooks for the controls: an LED that shows the state, an earcon, the end of a push-to-talk request
+        self.on_state_change: list[Callable[[State], None]] = []
+        self.on_listen_requested: Callable[[], None] = lambda: None
+        self.on_release: Callable[[], None] = lambda: None
+        self._is_speech_since_press = False
+        self._is_long_press_pending = False
 
     # --- what other tasks may call ------------------------------------------------------------------
 
@@ -108,11 +116,30 @@ class Robot:
 
     async def _handle(self, event: Event) -> None:
         match event:
-            case ListenRequested() if self.state in (State.THINKING, State.SPEAKING):
+            case ButtonPressed() if self.state in (State.THINKING, State.SPEAKING):
                 await self._stop_story()  # a press while the robot talks stops the story
                 self._set_state(State.IDLE)
-            case ListenRequested() | SpeechStarted() if self.state is State.IDLE:
+            case ButtonPressed() if self.state is State.IDLE:
                 self._set_state(State.LISTENING)
+                self._is_speech_since_press = self._is_long_press_pending = False
+                self.on_listen_requested()
+            case SpeechStarted() if self.state in (State.IDLE, State.LISTENING):
+                self._set_state(State.LISTENING)
+                self._is_speech_since_press = True
+            case ButtonReleased(source=source) if self.state is State.LISTENING:
+                if self._is_long_press_pending and not self._is_speech_since_press:
+                    self._set_state(State.IDLE)  # held without a word: "continue the story"
+                    self._start_story("continue the story", source, time.monotonic())
+                else:
+                    self.on_release()  # push-to-talk: the request ends now
+                self._is_long_press_pending = False
+            case ButtonLongPressed() if self.state is State.LISTENING:
+                # held while listening: push-to-talk if the child speaks before letting go, else "continue"
+                self._is_long_press_pending = True
+            case ButtonLongPressed(source=source) if self.state is not State.STOPPING:
+                await self._stop_story()
+                self._set_state(State.IDLE)
+                self._start_story("continue the story", source, time.monotonic())
             case TranscriptPartial(text=text) if self.state is State.LISTENING:
                 log.debug("partial: %s", text)
             case TranscriptFinal(text=text) if self.state in (State.IDLE, State.LISTENING):
@@ -147,6 +174,8 @@ class Robot:
         if state is not self.state:
             log.info("state %s -> %s", self.state.value, state.value)
             self.state = state
+            for hook in self.on_state_change:
+                hook(state)
 
     # --- stories ------------------------------------------------------------------------------------
 
@@ -171,6 +200,7 @@ class Robot:
                 prompt = StoryPrompt(saved.request, saved.subject, saved.opening, language=language)
                 return StoryPlan(prompt, saved.seed, cfg.max_tokens, told=tuple(saved.sentences))
             log.info("no story to continue; telling a new one")
+            text = ""
         bedtime = self.config.story.bedtime
         prompt = build_prompt(text, is_bedtime=bedtime, language=language)
         if self._safety(prompt.opening) is None:

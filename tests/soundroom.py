@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -98,6 +99,38 @@ class Recorder:
             if len(chunk) and speech_frames(chunk, frame_ms=len(chunk) * 1000 // 16000 or 1).any():
                 return arrived
         return None
+
+
+class Daemon:
+    """`storybot run` in the sound room, its output collected by threads."""
+
+    def __init__(self, sound_room: SoundRoom, state_dir: Path, *overrides: str) -> None:
+        args = [a for o in overrides for a in ("--set", o)]
+        self.proc = subprocess.Popen(
+            [str(Path(sys.executable).with_name("storybot")), "run", "-v", *args],
+            env={**sound_room.env(), "STORYBOT_STATE_DIR": str(state_dir)},
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        self.stdout: list[str] = []
+        self.stderr: list[str] = []
+        for stream, out in ((self.proc.stdout, self.stdout), (self.proc.stderr, self.stderr)):
+            threading.Thread(target=lambda s=stream, o=out: o.extend(iter(s.readline, "")), daemon=True).start()
+
+    def wait_until(self, condition, timeout_s: float, what: str) -> None:
+        deadline = time.monotonic() + timeout_s
+        while not condition():
+            if time.monotonic() > deadline:
+                raise TimeoutError(
+                    f"{what} did not happen within {timeout_s} s; stderr: {''.join(self.stderr)[-2000:]}"
+                )
+            time.sleep(0.05)
+
+    def engine_pid(self) -> int | None:
+        children = subprocess.run(["pgrep", "-P", str(self.proc.pid)], capture_output=True, text=True).stdout.split()
+        return int(children[0]) if children else None
 
 
 def speech_frames(raw: np.ndarray, rate_hz: int = 16000, frame_ms: int = 50, threshold: float = 300.0) -> np.ndarray:

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import STORYBOT, write_wav
-from tests.soundroom import Recorder
+from tests.soundroom import Daemon, Recorder
 
 
 def wait_for_line(stream, needle: str, timeout_s: float, seen: list[str]) -> None:
@@ -231,38 +231,6 @@ def test_the_daemon_tells_a_spoken_story_stops_on_enter_and_exits_on_sigterm(sou
     assert last_sound is not None and last_sound - pressed < 0.5, "the speaker was not silenced"
 
 
-class Daemon:
-    """`storybot run` in the sound room, its output collected by threads."""
-
-    def __init__(self, sound_room, state_dir: Path, *overrides: str) -> None:
-        import threading
-
-        args = [a for o in overrides for a in ("--set", o)]
-        self.proc = subprocess.Popen(
-            [STORYBOT, "run", "-v", *args],
-            env={**sound_room.env(), "STORYBOT_STATE_DIR": str(state_dir)},
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        self.stdout: list[str] = []
-        self.stderr: list[str] = []
-        for stream, out in ((self.proc.stdout, self.stdout), (self.proc.stderr, self.stderr)):
-            threading.Thread(target=lambda s=stream, o=out: o.extend(iter(s.readline, "")), daemon=True).start()
-
-    def wait_until(self, condition, timeout_s: float, what: str) -> None:
-        deadline = time.monotonic() + timeout_s
-        while not condition():
-            if time.monotonic() > deadline:
-                pytest.fail(f"{what} did not happen within {timeout_s} s; stderr: {''.join(self.stderr)[-2000:]}")
-            time.sleep(0.05)
-
-    def engine_pid(self) -> int | None:
-        children = subprocess.run(["pgrep", "-P", str(self.proc.pid)], capture_output=True, text=True).stdout.split()
-        return int(children[0]) if children else None
-
-
 @pytest.mark.soundroom
 def test_a_story_resumes_after_the_daemon_is_killed_mid_story(sound_room, espeak, tmp_path):
     import os
@@ -311,3 +279,46 @@ def test_a_story_resumes_after_the_daemon_is_killed_mid_story(sound_room, espeak
     assert told[2] not in heard_before  # new story, not the old one again
     resumed = json.loads((state / "story.json").read_text())
     assert resumed["sentences"][: len(saved["sentences"])] == saved["sentences"] and resumed["is_finished"]
+
+
+@pytest.mark.soundroom
+def test_the_button_board_drives_listening_and_a_press_silences_the_story(sound_room, espeak, tmp_path):
+    """Push-to-talk on a serial button board: DOWN starts listening (LED), UP ends the request at once, and a
+    press while the robot speaks silences the speaker within 200 ms (the bound is the behaviour; 100 ms margin)."""
+    import signal
+
+    from tests.buttonboard import ButtonBoard
+
+    board = ButtonBoard()
+    request = write_wav(tmp_path / "request.wav", espeak("tell me a story about a dragon who loves tea"), 16000)
+    recorder = Recorder()
+    robot = Daemon(
+        sound_room, tmp_path / "state", f"button.serial_port='{board.path}'", "engine.max_tokens=300", "engine.seed=9"
+    )
+    try:
+        robot.wait_until(lambda: any("listening on" in line for line in robot.stderr), 60, "listening")
+        board.wait_for_led("LED IDLE", 10)
+        time.sleep(0.5)
+        pressed = board.press()
+        assert board.wait_for_led("LED LISTENING", 5) - pressed < 0.5
+        time.sleep(0.6)  # the earcon
+        sound_room.play_into_room(request)
+        board.release()
+        board.wait_for_led("LED SPEAKING", 60)
+        robot.wait_until(lambda: len(robot.stdout) >= 2, 60, "two sentences")
+        time.sleep(0.5)
+        pressed = board.press()
+        board.release()
+        board.wait_for_led("LED IDLE", 5)
+        time.sleep(1.0)
+        robot.proc.send_signal(signal.SIGTERM)
+        assert robot.proc.wait(10) == 0
+    finally:
+        robot.proc.kill()
+        recorder.stop()
+        board.close()
+    assert robot.stdout[0].strip() == "Once upon a time, there was a dragon who loved tea.", "".join(robot.stderr)
+    leds = [led for _, led in board.leds]
+    assert leds.index("LED LISTENING") < leds.index("LED THINKING") < leds.index("LED SPEAKING")
+    last_sound = recorder.last_speech_arrival()
+    assert last_sound is not None and last_sound - pressed < 0.3, f"silent only {last_sound - pressed:.3f} s after"
