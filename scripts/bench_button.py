@@ -2,8 +2,9 @@
 """Controls benchmark: a serial button board on a pseudo-terminal and the daemon in the virtual sound room.
 
   button -> listening   from the board writing DOWN to the board reading LED LISTENING back
-  press -> silence      from DOWN, written while the robot tells a story, to the last loud 50 ms chunk recorded
-                        from speaker.monitor (parec at 20 ms latency; the chunk's arrival time, so an upper bound)
+  press -> silence      from DOWN, written while the robot tells a story, to the arrival of the first quiet 50 ms
+                        chunk after the last loud one recorded from speaker.monitor (an upper bound: it includes
+                        the chunk's length and parec's 20 ms latency)
 
 Usage: .venv/bin/python scripts/bench_button.py [--runs 5]
 """
@@ -52,13 +53,14 @@ def main() -> int:
                 time.sleep(2.0)
                 recorder = Recorder()
                 time.sleep(1.0)
+                recorder.wait_for_sound(5.0)
                 pressed = board.press()
                 board.release()
                 board.wait_for_led("LED IDLE", 5)
                 time.sleep(1.0)
                 recorder.stop()
-                last = recorder.last_speech_arrival()
-                to_silence.append((last - pressed) if last is not None else float("nan"))
+                silent = recorder.silent_since()
+                to_silence.append((silent - pressed) if silent is not None else float("nan"))
                 print(
                     f"run {i + 1}: button -> listening {to_listening[-1] * 1000:.0f} ms, "
                     f"press -> silence {to_silence[-1] * 1000:.0f} ms",

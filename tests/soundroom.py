@@ -94,6 +94,26 @@ class Recorder:
                 return arrived
         return None
 
+    def wait_for_sound(self, timeout_s: float) -> bool:
+        """Until the latest recorded chunk is loud (the robot is mid-word), or timeout_s."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.chunks and speech_frames(self.chunks[-1][1], frame_ms=50).any():
+                return True
+            time.sleep(0.005)
+        return False
+
+    def silent_since(self) -> float | None:
+        """When the sound had surely stopped: the arrival of the first chunk after the last loud one."""
+        loud = [
+            i
+            for i, (_, chunk) in enumerate(self.chunks)
+            if len(chunk) and speech_frames(chunk, frame_ms=len(chunk) * 1000 // 16000 or 1).any()
+        ]
+        if not loud or loud[-1] + 1 >= len(self.chunks):
+            return None
+        return self.chunks[loud[-1] + 1][0]
+
     def last_speech_arrival(self) -> float | None:
         for arrived, chunk in reversed(self.chunks):
             if len(chunk) and speech_frames(chunk, frame_ms=len(chunk) * 1000 // 16000 or 1).any():
