@@ -13,3 +13,4 @@ bench:
 	scripts/setup.sh --test
 	.venv/bin/python scripts/bench_voice.py
 	.venv/bin/python scripts/bench_stories.py
+	.venv/bin/python scripts/bench_button.py

@@ -323,3 +323,33 @@ def test_the_button_board_drives_listening_and_a_press_silences_the_story(sound_
     assert leds.index("LED LISTENING") < leds.index("LED THINKING") < leds.index("LED SPEAKING")
     silent = recorder.silent_since()
     assert silent is not None and silent - pressed < 0.3, f"silent only {silent - pressed:.3f} s after the press"
+
+
+@pytest.mark.soundroom
+def test_in_a_room_where_the_speaker_leaks_into_the_microphone_the_robot_tells_one_story(sound_room, espeak, tmp_path):
+    """Self-echo: a loopback plays everything the robot says back into the room it listens to."""
+    import signal
+
+    loopback = subprocess.run(
+        ["pactl", "load-module", "module-loopback", "source=speaker.monitor", "sink=room", "latency_msec=30"],
+        capture_output=True, text=True, timeout=10,
+    )
+    assert loopback.returncode == 0, loopback.stderr
+    request = write_wav(tmp_path / "request.wav", espeak("tell me a story about a dragon who loves tea"), 16000)
+    heard_in_room = Recorder("room.monitor")
+    robot = Daemon(sound_room, tmp_path / "state", "engine.max_tokens=60", "engine.seed=12")
+    try:
+        robot.wait_until(lambda: any("listening on" in line for line in robot.stderr), 60, "listening")
+        time.sleep(0.5)
+        sound_room.play_into_room(request)
+        robot.wait_until(lambda: any("speaking -> idle" in line for line in robot.stderr), 120, "the story's end")
+        time.sleep(4.0)  # long enough for a second story to start from an echo
+        robot.proc.send_signal(signal.SIGTERM)
+        assert robot.proc.wait(10) == 0
+    finally:
+        robot.proc.kill()
+        heard_in_room.stop()
+        subprocess.run(["pactl", "unload-module", loopback.stdout.strip()], timeout=10)
+    err = "".join(robot.stderr)
+    assert heard_in_room.speech_seconds() > 5.0  # the leak is real: the story was loud in the room
+    assert err.count("story requested") == 1, err[-3000:]
