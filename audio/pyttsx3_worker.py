@@ -9,6 +9,22 @@ import argparse
 import json
 import os
 import sys
+import time
+import wave
+
+
+def _wait_for_wav(path: str, timeout_s: float = 3.0) -> bool:
+    """pyttsx3's espeak driver can end runAndWait() before its callback has written the file: wait for it."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            with wave.open(path, "rb") as w:
+                if w.getnframes() > 0:
+                    return True
+        except (OSError, EOFError, wave.Error):
+            pass
+        time.sleep(0.01)
+    return False
 
 
 def main() -> int:
@@ -30,7 +46,7 @@ def main() -> int:
             text, path = str(request["text"]), str(request["path"])
             engine.save_to_file(text, path)
             engine.runAndWait()
-            reply = {"ok": True}
+            reply = {"ok": True} if _wait_for_wav(path) else {"error": f"no complete WAV at {path}"}
         except Exception as e:  # one bad sentence must not end the worker
             reply = {"error": f"{type(e).__name__}: {e}"}
         replies.write(json.dumps(reply) + "\n")

@@ -164,10 +164,12 @@ class Pyttsx3Tts:
                 await self._kill_worker()
                 raise TtsError("pyttsx3: the worker answered garbage") from None
             if reply.get("error"):
+                await self._kill_worker()  # a fresh worker for the next try
                 raise TtsError(f"pyttsx3: {reply['error']}")
             try:
                 return read_wav(out.read_bytes())
             except (OSError, ValueError, EOFError) as e:
+                await self._kill_worker()
                 raise TtsError(f"pyttsx3: unreadable output ({e})") from None
 
     async def _kill_worker(self) -> None:

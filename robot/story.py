@@ -253,15 +253,23 @@ class StoryTeller:
             if safe is None:
                 result.blocked += 1
                 continue
-            try:
-                started = time.monotonic()
-                audio = await self._tts.synthesize(safe)
-                log.debug("synthesized %.1f s of speech in %.3f s", audio.duration_s, time.monotonic() - started)
-            except TtsError as e:
-                log.warning("sentence skipped: %s", e)
+            audio = await self._synthesize_one(safe)
+            if audio is None:
                 continue
             await out.put((safe, is_story, audio))
         await out.put(None)
+
+    async def _synthesize_one(self, sentence: str) -> Audio | None:
+        """The sentence's speech; one retry (a synthesizer that failed once is restarted) before it is skipped."""
+        for attempt in (1, 2):
+            try:
+                started = time.monotonic()
+                audio = await self._tts.synthesize(sentence)
+                log.debug("synthesized %.1f s of speech in %.3f s", audio.duration_s, time.monotonic() - started)
+                return audio
+            except TtsError as e:
+                log.warning("%s: %s", "synthesis failed, trying again" if attempt == 1 else "sentence skipped", e)
+        return None
 
     async def _speak(self, speech: asyncio.Queue, opening_sink: Awaitable[Sink], result: StoryResult, record) -> None:
         sink = await opening_sink

@@ -244,3 +244,28 @@ def test_the_vad_finds_speech_when_listening_begins_in_the_middle_of_it(espeak):
     events = vad_events(middle)
     assert events and events[0][1] is VadEvent.STARTED
     assert events[0][0] * 0.03 < 1.0, f"speech found only after {events[0][0] * 0.03:.2f} s"
+
+
+def test_a_sentence_whose_synthesis_fails_once_is_tried_again():
+    """The story teller retries a failed sentence once before it skips it."""
+    from robot.config import Config
+    from robot.story import StoryTeller
+
+    class FlakyTts:
+        name = "flaky"
+
+        def __init__(self) -> None:
+            self.calls = 0
+
+        async def synthesize(self, text: str):
+            from audio.speech import Audio
+
+            self.calls += 1
+            if self.calls == 1:
+                raise TtsError("flaky: the first try fails")
+            return Audio(np.zeros(16, dtype=np.int16), 16000)
+
+    tts = FlakyTts()
+    teller = StoryTeller(Config(), tts, lambda i, s: None)
+    assert run(teller._synthesize_one("Once upon a time.")) is not None
+    assert tts.calls == 2

@@ -332,7 +332,9 @@ def test_in_a_room_where_the_speaker_leaks_into_the_microphone_the_robot_tells_o
 
     loopback = subprocess.run(
         ["pactl", "load-module", "module-loopback", "source=speaker.monitor", "sink=room", "latency_msec=30"],
-        capture_output=True, text=True, timeout=10,
+        capture_output=True,
+        text=True,
+        timeout=10,
     )
     assert loopback.returncode == 0, loopback.stderr
     request = write_wav(tmp_path / "request.wav", espeak("tell me a story about a dragon who loves tea"), 16000)

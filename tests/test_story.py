@@ -268,7 +268,7 @@ def test_a_korean_story_is_told_in_korean(tmp_path, default_model):
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     told = proc.stdout.splitlines()
-    assert told[0] == "옛날 옛적에 차를 좋아하는 용이 살았어요."
+    assert told[0] == "옛날 옛적에 차를 좋아하는 용이 살았어요.", proc.stderr[-3000:]
     assert len(told) >= 2
     with wave.open(str(wav)) as w:
         samples = np.frombuffer(w.readframes(w.getnframes()), dtype="<i2")
