@@ -164,6 +164,7 @@ class EngineClient:
                 pass
             for sig in (None, signal.SIGTERM, signal.SIGKILL):
                 if sig is not None:
+                    log.info("%s did not exit; sending %s", self._name, sig.name)
                     _signal_group(proc.pid, sig)
                 try:
                     await asyncio.wait_for(proc.wait(), timeout_s)

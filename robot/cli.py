@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import faulthandler
 import json
 import logging
 import os
@@ -84,6 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    faulthandler.enable()  # a crash in C code (PortAudio, llama.cpp bindings) leaves a stack trace
+    faulthandler.register(signal.SIGUSR1, all_threads=True)  # kill -USR1 shows where a hung daemon is
     args = build_parser().parse_args(argv)
     logging.basicConfig(
         level=(logging.WARNING, logging.INFO, logging.DEBUG)[min(args.verbose, 2)],
@@ -191,13 +194,27 @@ async def run_robot(config: Config, args: argparse.Namespace) -> int:
             button.stop()
         for task in helpers:
             task.cancel()
-        await asyncio.gather(*helpers, return_exceptions=True)
         engine_peak_kb = _peak_rss_kb(host.engine_pid)
-        await host.close()
-        await tts.close()
+        await _bounded("the listener", asyncio.gather(*helpers, return_exceptions=True))
+        if not await _bounded("the engine", host.close()):
+            host.kill_now()
+        await _bounded("speech", tts.close())
     if args.timings_json:
         _write_timings(args.timings_json, robot, engine_peak_kb)
     return code
+
+
+STOP_STEP_S = 4.0  # each step of shutdown; systemd's TimeoutStopSec must allow a few of them
+
+
+async def _bounded(what: str, step) -> bool:
+    """Run one shutdown step with a deadline: a stalled step is named in the log and left behind."""
+    try:
+        await asyncio.wait_for(step, STOP_STEP_S)
+        return True
+    except TimeoutError:
+        log.error("stopping %s took over %g s; going on without it", what, STOP_STEP_S)
+        return False
 
 
 def _make_listener(config: Config, robot):

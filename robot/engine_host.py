@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import os
+import signal
 import sys
 
 from engines.client import EngineClient, EngineError, EngineExited
@@ -87,6 +89,14 @@ class EngineHost:
                 "engine.prompt_style is chat but %s carries no chat template; using completion", self.model_path
             )
         return template if style in ("auto", "chat") else ""
+
+    def kill_now(self) -> None:
+        """SIGKILL the engine's process group, for when a polite stop has stalled."""
+        if self._client is not None and self._client.pid is not None:
+            try:
+                os.killpg(self._client.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
 
     async def close(self) -> None:
         if self._client is not None:

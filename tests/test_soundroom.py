@@ -219,7 +219,12 @@ def test_the_daemon_tells_a_spoken_story_stops_on_enter_and_exits_on_sigterm(sou
         time.sleep(1.0)
         assert len(stdout) == told, "the story went on after Enter"
         robot.send_signal(signal.SIGTERM)
-        assert robot.wait(10) == 0
+        try:
+            assert robot.wait(10) == 0
+        except subprocess.TimeoutExpired:
+            robot.send_signal(signal.SIGUSR1)  # faulthandler: every thread's stack
+            time.sleep(1.0)
+            pytest.fail("no exit 10 s after SIGTERM; stderr: " + "".join(stderr)[-6000:])
     finally:
         robot.kill()
         recorder.stop()
