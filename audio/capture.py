@@ -100,11 +100,6 @@ class Microphone:
                 self.dropped_frames += 1
             self._queue.put_nowait(frame)
 
-    def drain(self) -> None:
-        """Forget queued audio (what was heard while the robot was speaking)."""
-        while not self._queue.empty():
-            self._queue.get_nowait()
-
     async def read(self) -> np.ndarray:
         timeout_s = FRAME_WATCHDOG_S if self._has_frames else FIRST_FRAME_WATCHDOG_S
         try:

@@ -81,13 +81,6 @@ class StoryEnded:
 
 
 @dataclass(frozen=True)
-class StopRequested:
-    """Stop the story (button press while speaking)."""
-
-    source: Source
-
-
-@dataclass(frozen=True)
 class ListenerFailed:
     message: str
 
@@ -107,7 +100,6 @@ Event = (
     | StoryRequested
     | StoryAudible
     | StoryEnded
-    | StopRequested
     | ListenerFailed
     | ShutdownRequested
 )

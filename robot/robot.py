@@ -24,7 +24,6 @@ from robot.events import (
     Source,
     SpeechStarted,
     State,
-    StopRequested,
     StoryAudible,
     StoryEnded,
     StoryRequested,
@@ -156,9 +155,6 @@ class Robot:
                 self._set_state(State.SPEAKING)
             case StoryEnded(result=result):
                 self._finish_story(result)
-            case StopRequested() if self.state in (State.THINKING, State.SPEAKING):
-                await self._stop_story()
-                self._set_state(State.IDLE)
             case ListenerFailed(message=message):
                 print(f"storybot: microphone: {message}", file=self._diag, flush=True)
                 if self.mode is Mode.LISTEN:

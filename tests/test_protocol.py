@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -90,6 +91,19 @@ def worker_argv(model: str, context: int = 512) -> list[str]:
     return [PYTHON, "-m", "engines.llamacpp_worker", "--model", model, "--threads", "2", "--context", str(context)]
 
 
+@contextlib.contextmanager
+def raw_worker(model: str):
+    """The engine as a bare process, for tests that write and read frames by hand; killed afterwards."""
+    proc = subprocess.Popen(
+        worker_argv(model), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL
+    )
+    try:
+        yield proc
+    finally:
+        proc.kill()
+        proc.wait()
+
+
 def run(coro):
     return asyncio.run(asyncio.wait_for(coro, 120))
 
@@ -143,10 +157,7 @@ def test_the_same_seed_gives_the_same_story(default_model):
 
 def test_cancel_stops_generation_within_200_ms(default_model):
     """The bound is the behaviour: a press on the button must silence the engine at once."""
-    proc = subprocess.Popen(
-        worker_argv(default_model), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL
-    )
-    try:
+    with raw_worker(default_model) as proc:
         assert json.loads(proc.stdout.readline())["type"] == "ready"
         proc.stdin.write(p.encode(p.Generate(id=9, prompt=STORY["prompt"], max_tokens=2000, seed=1)))
         proc.stdin.flush()
@@ -168,16 +179,10 @@ def test_cancel_stops_generation_within_200_ms(default_model):
         )
         assert frame.tokens < 2000
         assert elapsed < 0.2, f"cancel took {elapsed * 1000:.0f} ms"
-    finally:
-        proc.kill()
-        proc.wait()
 
 
 def test_malformed_frames_get_error_frames_and_the_engine_keeps_serving(default_model):
-    proc = subprocess.Popen(
-        worker_argv(default_model), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL
-    )
-    try:
+    with raw_worker(default_model) as proc:
         assert json.loads(proc.stdout.readline())["type"] == "ready"
         garbage = [
             b"hello\n",
@@ -197,16 +202,10 @@ def test_malformed_frames_get_error_frames_and_the_engine_keeps_serving(default_
         while not isinstance(frame := p.decode(proc.stdout.readline()), p.Done):
             frames.append(frame)
         assert frame.id == 4 and frame.tokens == 3
-    finally:
-        proc.kill()
-        proc.wait()
 
 
 def test_a_second_generate_while_busy_is_refused(default_model):
-    proc = subprocess.Popen(
-        worker_argv(default_model), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL
-    )
-    try:
+    with raw_worker(default_model) as proc:
         proc.stdout.readline()
         proc.stdin.write(p.encode(p.Generate(id=1, prompt="The dog", max_tokens=200)))
         proc.stdin.write(p.encode(p.Generate(id=2, prompt="The dog", max_tokens=2)))
@@ -217,9 +216,6 @@ def test_a_second_generate_while_busy_is_refused(default_model):
         busy = [f for f in seen if isinstance(f, p.Error)]
         assert busy and busy[0].code is p.ErrorCode.BUSY and busy[0].id == 2
         assert frame.id == 1
-    finally:
-        proc.kill()
-        proc.wait()
 
 
 def test_a_prompt_longer_than_the_context_is_a_bad_request(default_model):
