@@ -62,8 +62,9 @@ class AsrConfig:
 
 @dataclass(frozen=True)
 class EngineConfig:
-    backend: str = _opt("llama.cpp", choices=("llama.cpp",))
-    model: str = _opt("")  # a GGUF file; "" for the embedded default (Gemma 3 270M Q4_K_M)
+    backend: str = _opt("llama.cpp", choices=("llama.cpp", "llama2c"))
+    model: str = _opt("")  # llama.cpp: a GGUF file, "" for the embedded default; llama2c: a llama2.c checkpoint
+    tokenizer: str = _opt("")  # llama2c: tokenizer.bin; "" for tokenizer.bin beside the checkpoint
     # "auto": the model's chat template when its GGUF carries one (instruct models), else plain completion
     prompt_style: str = _opt("auto", choices=("auto", "completion", "chat"))
     threads: int = _opt(2, low=1, high=64)
