@@ -28,11 +28,15 @@ class Recognizer(Protocol):
         """The final transcript of the utterance fed so far; the recognizer is then ready for the next."""
         ...
 
+    def use_commands(self, is_command: bool) -> None:
+        """Between utterances: listen for the command phrases only (while the robot speaks), or for requests."""
+        ...
+
 
 class VoskRecognizer:
     name = "vosk"
 
-    def __init__(self, model_dir: str, grammar: tuple[str, ...] = ()) -> None:
+    def __init__(self, model_dir: str, grammar: tuple[str, ...] = (), commands: tuple[str, ...] = ()) -> None:
         path = Path(model_dir)
         if not (path / "am").is_dir() and not (path / "final.mdl").exists():
             # Vosk aborts the whole process on some bad model directories: check before handing it over.
@@ -45,13 +49,23 @@ class VoskRecognizer:
         except Exception as e:
             raise AsrError(f"vosk: cannot load the model in {model_dir} ({e})") from None
         self._grammar = json.dumps(list(grammar), ensure_ascii=False) if grammar else None
+        # [unk] catches speech outside the command phrases, where the model has it
+        self._commands = json.dumps([*commands, "[unk]"], ensure_ascii=False) if commands else None
+        self._is_command = False
         self._new_recognizer()
+
+    def use_commands(self, is_command: bool) -> None:
+        is_command = is_command and self._commands is not None
+        if is_command != self._is_command:
+            self._is_command = is_command
+            self._new_recognizer()
 
     def _new_recognizer(self) -> None:
         import vosk
 
-        if self._grammar:
-            self._rec = vosk.KaldiRecognizer(self._model, SAMPLE_RATE_HZ, self._grammar)
+        grammar = self._commands if self._is_command else self._grammar
+        if grammar:
+            self._rec = vosk.KaldiRecognizer(self._model, SAMPLE_RATE_HZ, grammar)
         else:
             self._rec = vosk.KaldiRecognizer(self._model, SAMPLE_RATE_HZ)
         self._partial = ""
@@ -83,7 +97,11 @@ class PocketSphinxRecognizer:
     name = "pocketsphinx"
 
     def __init__(
-        self, grammar: tuple[str, ...] = (), jsgf_file: str | None = None, cmn_file: str | None = None
+        self,
+        grammar: tuple[str, ...] = (),
+        jsgf_file: str | None = None,
+        cmn_file: str | None = None,
+        commands: tuple[str, ...] = (),
     ) -> None:
         """grammar: phrases to choose from; jsgf_file: a JSGF grammar; neither: the general English model.
 
@@ -107,6 +125,15 @@ class PocketSphinxRecognizer:
                 self._use_jsgf(Path(jsgf_file).read_text(encoding="utf-8"))
         except (OSError, RuntimeError, ValueError) as e:
             raise AsrError(f"pocketsphinx: cannot use grammar {jsgf_file or list(grammar)} ({e})") from None
+        self._request_search = self._decoder.current_search()
+        self._command_words: frozenset[str] = frozenset()
+        if commands:
+            try:
+                self._decoder.add_jsgf_string("commands", _command_grammar(commands))
+            except (RuntimeError, ValueError) as e:
+                raise AsrError(f"pocketsphinx: cannot use the command phrases {list(commands)} ({e})") from None
+            self._command_words = frozenset(w for p in commands for w in p.lower().split())
+        self._is_command = False
         self._is_started = False
         self._partial = ""
         self._utterance: list[bytes] = []  # kept for a second pass while the cepstral mean is cold
@@ -144,15 +171,21 @@ class PocketSphinxRecognizer:
         self._decoder.add_jsgf_string("grammar", text)
         self._decoder.activate_search("grammar")
 
+    def use_commands(self, is_command: bool) -> None:
+        is_command = is_command and bool(self._command_words)
+        if is_command != self._is_command and not self._is_started:
+            self._is_command = is_command
+            self._decoder.activate_search("commands" if is_command else self._request_search)
+
     def accept(self, pcm: bytes) -> str | None:
         if not self._is_started:
             self._decoder.start_utt()
             self._is_started = True
         self._decoder.process_raw(pcm, False, False)
-        if not self._is_cmn_warm:
+        if not self._is_cmn_warm and not self._is_command:
             self._utterance.append(pcm)
         hyp = self._decoder.hyp()
-        partial = hyp.hypstr if hyp is not None else ""
+        partial = self._words(hyp.hypstr) if hyp is not None else ""
         if partial != self._partial:
             self._partial = partial
             return partial
@@ -164,7 +197,7 @@ class PocketSphinxRecognizer:
         self._decoder.end_utt()
         self._is_started = False
         self._partial = ""
-        if not self._is_cmn_warm:
+        if not self._is_cmn_warm and not self._is_command:
             # Live cepstral-mean normalisation starts from a generic mean, which garbles a fresh decoder's
             # first utterance; having heard it once, the decoder hears it again with the mean adapted.
             self._is_cmn_warm = True
@@ -174,7 +207,32 @@ class PocketSphinxRecognizer:
             self._utterance = []
         self._save_cmn()
         hyp = self._decoder.hyp()
-        return hyp.hypstr.strip() if hyp is not None else ""
+        return self._words(hyp.hypstr).strip() if hyp is not None else ""
+
+    def _words(self, hypothesis: str) -> str:
+        """In command mode the filler words of the grammar are reported as [unk], as Vosk does."""
+        if not self._is_command:
+            return hypothesis
+        return " ".join(w if w in self._command_words else "[unk]" for w in hypothesis.split())
+
+
+# Common words of stories and of children talking over them: in command mode anything that is not a command
+# is decoded as these, instead of being forced onto the nearest command.
+_FILLER_WORDS = (
+    "the a and was he she it they to of in on with said little once upon time there day very happy his her "
+    "but so then one had saw went big friend play wanted loved dragon cat dog girl boy mom dad yes no what "
+    "why how look come go we you i me my is are be can do like want see fun tree house sun moon water tea "
+    "cake bird fish home night sleep good"
+).split()
+
+
+def _command_grammar(commands: tuple[str, ...]) -> str:
+    alternatives = " | ".join(" ".join(p.lower().split()) for p in commands if p.strip())
+    fillers = " | ".join(w for w in _FILLER_WORDS if w not in {x for p in commands for x in p.lower().split()})
+    return (
+        "#JSGF V1.0;\ngrammar commands;\n"
+        f"public <utterance> = <command> | <filler>+;\n<command> = {alternatives};\n<filler> = {fillers};\n"
+    )
 
 
 def _phrase_grammar(phrases: tuple[str, ...]) -> str:
@@ -183,11 +241,17 @@ def _phrase_grammar(phrases: tuple[str, ...]) -> str:
 
 
 def build_recognizer(
-    backend: str, vosk_model: str, grammar: tuple[str, ...], jsgf_file: str | None = None, state_dir: str | None = None
+    backend: str,
+    vosk_model: str,
+    grammar: tuple[str, ...],
+    jsgf_file: str | None = None,
+    state_dir: str | None = None,
+    commands: tuple[str, ...] = (),
 ) -> Recognizer:
+    """commands: the phrases listened for while the robot speaks (Recognizer.use_commands)."""
     if backend == "vosk":
-        return VoskRecognizer(os.path.expanduser(vosk_model), grammar)
+        return VoskRecognizer(os.path.expanduser(vosk_model), grammar, commands)
     if backend == "pocketsphinx":
         cmn_file = os.path.join(state_dir, "pocketsphinx-cmn") if state_dir else None
-        return PocketSphinxRecognizer(grammar, jsgf_file, cmn_file)
+        return PocketSphinxRecognizer(grammar, jsgf_file, cmn_file, commands)
     raise AsrError(f"unknown recognizer {backend!r}")

@@ -36,6 +36,10 @@ class Sink(Protocol):
 
     def stop(self) -> None: ...
 
+    def set_volume(self, volume: float) -> None:
+        """Gain 0-1 for what is played from now on."""
+        ...
+
     async def close(self) -> None: ...
 
 
@@ -124,6 +128,15 @@ class SoundDeviceSink:
             self._blocks.clear()
             self._interrupted = True
 
+    def set_volume(self, volume: float) -> None:
+        with self._lock:
+            if self._volume > 0:  # what is queued but not yet heard changes too
+                factor = volume / self._volume
+                self._blocks = collections.deque(
+                    np.clip(b.astype(np.float32) * factor, -32768, 32767).astype(np.int16) for b in self._blocks
+                )
+            self._volume = volume
+
     async def close(self) -> None:
         self.stop()
         stream = self._stream
@@ -158,6 +171,9 @@ class WavSink:
 
     def stop(self) -> None:
         self._is_stopped = True
+
+    def set_volume(self, volume: float) -> None:
+        pass  # a file is written at full scale: the volume is for a room, not a recording
 
     async def close(self) -> None:
         samples = np.concatenate(self._chunks) if self._chunks else np.zeros(0, dtype=np.int16)

@@ -152,12 +152,14 @@ def show_devices(config: Config) -> int:
 async def run_robot(config: Config, args: argparse.Namespace) -> int:
     from audio.playback import open_sink
     from audio.tts import Timeouts, TtsError, build_tts
+    from robot.commands import CommandPhrases, CommandsError
     from robot.engine_host import EngineHost
     from robot.events import ButtonPressed, ShutdownRequested, Source, StoryRequested
     from robot.paths import state_dir
     from robot.resume import StoryStore
     from robot.robot import Mode, Robot
     from robot.safety import SafetyError, SafetyFilter
+    from robot.settings import RuntimeSettings
 
     mode = Mode(args.command)
     try:
@@ -175,6 +177,13 @@ async def run_robot(config: Config, args: argparse.Namespace) -> int:
     except SafetyError as e:
         print(f"storybot: configuration error: {e}", file=sys.stderr)
         return EX_CONFIG
+    try:
+        commands = CommandPhrases.load(config.story.language) if config.asr.voice_commands else None
+    except CommandsError as e:
+        print(f"storybot: configuration error: {e}", file=sys.stderr)
+        return EX_CONFIG
+    settings_path = state_dir() / "settings.json"
+    settings = RuntimeSettings.load(settings_path, config.audio.volume)
     host = EngineHost(config.engine)
     wav = getattr(args, "wav", None)
     robot = Robot(
@@ -184,8 +193,11 @@ async def run_robot(config: Config, args: argparse.Namespace) -> int:
         tts=tts,
         safety=safety.filter,
         store=StoryStore(state_dir() / "story.json"),
+        commands=commands,
+        settings=settings,
+        save_settings=lambda changed: changed.save(settings_path),
         open_sink=lambda: open_sink(
-            config.audio.output_device, config.audio.output_rate_hz, config.audio.volume, wav, config.audio.wav_fallback
+            config.audio.output_device, config.audio.output_rate_hz, settings.volume, wav, config.audio.wav_fallback
         ),
         story_out=sys.stdout,
         diag_out=sys.stderr,
@@ -260,6 +272,7 @@ def _make_listener(config: Config, robot):
             config.asr.grammar,
             _jsgf_file(config.asr.pocketsphinx_search),
             str(state_dir()),
+            robot.commands.grammar() if robot.commands else (),
         ),
         vad_settings=VadSettings(
             config.audio.block_ms,
@@ -271,6 +284,7 @@ def _make_listener(config: Config, robot):
             vad.max_utterance_s,
         ),
         is_open=lambda: robot.is_listening_allowed,
+        is_command_time=lambda: robot.is_command_time,
     )
 
 

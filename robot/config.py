@@ -58,6 +58,8 @@ class AsrConfig:
     # PocketSphinx's search: "story-requests" (assets/asr/story-requests.jsgf), "general" (its English model),
     # or the path of a JSGF grammar file
     pocketsphinx_search: str = _opt("story-requests")
+    # while the robot speaks, listen for the voice commands of assets/commands/<language>.toml (and nothing else)
+    voice_commands: bool = _opt(True)
 
 
 @dataclass(frozen=True)

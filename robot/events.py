@@ -62,6 +62,14 @@ class TranscriptFinal:
 
 
 @dataclass(frozen=True)
+class CommandHeard:
+    """An utterance heard while the robot was thinking or speaking, decoded with the command grammar only."""
+
+    text: str
+    at: float  # the end of the utterance
+
+
+@dataclass(frozen=True)
 class StoryRequested:
     text: str
     source: Source
@@ -97,6 +105,7 @@ Event = (
     | SpeechStarted
     | TranscriptPartial
     | TranscriptFinal
+    | CommandHeard
     | StoryRequested
     | StoryAudible
     | StoryEnded

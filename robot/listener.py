@@ -1,7 +1,8 @@
 """The listening task: microphone frames -> voice-activity detector -> recognizer -> transcript events.
 
-Half-duplex: while the gate is closed (the robot is thinking or speaking) frames are read and thrown away, so
-the robot never takes its own voice for a request.
+Half-duplex: while the gate is closed (the robot is thinking or speaking) the robot never takes what it hears
+for a request. It listens only for the voice commands then (the recognizer's command grammar), in utterances of
+at most MAX_COMMAND_S: the robot's own voice leaking into the microphone makes long utterances, which are dropped.
 """
 
 from __future__ import annotations
@@ -11,16 +12,18 @@ import concurrent.futures
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from audio.asr import AsrError, Recognizer
 from audio.capture import Microphone, MicStalled
 from audio.devices import DeviceError
 from audio.vad import EnergyVad, VadEvent, VadSettings
-from robot.events import Event, ListenerFailed, SpeechStarted, TranscriptFinal, TranscriptPartial
+from robot.events import CommandHeard, Event, ListenerFailed, SpeechStarted, TranscriptFinal, TranscriptPartial
 
 log = logging.getLogger(__name__)
 
 REOPEN_BACKOFF_S = (1.0, 2.0, 4.0, 8.0, 15.0, 30.0)
+MAX_COMMAND_S = 3.0  # a spoken command is short; longer speech while the robot talks is not one
 
 
 class Listener:
@@ -31,13 +34,16 @@ class Listener:
         make_recognizer: Callable[[], Recognizer],
         vad_settings: VadSettings,
         is_open: Callable[[], bool],
+        is_command_time: Callable[[], bool] = lambda: False,
     ) -> None:
+        """is_open: requests may be heard; is_command_time: (gate closed) voice commands may be heard."""
         self._post = post
         self._make_microphone = make_microphone
         self._make_recognizer = make_recognizer
         self._vad = EnergyVad(vad_settings)
         self._end_silence_s = vad_settings.end_silence_ms / 1000.0
         self._is_open = is_open
+        self._is_command_time = is_command_time
         self._is_end_requested = False
         self._muted_until = 0.0
         # the recognizer is fed in order on one thread, off the event loop
@@ -78,34 +84,56 @@ class Listener:
 
     async def _listen(self, mic: Microphone, recognizer: Recognizer) -> None:
         loop = asyncio.get_running_loop()
-        is_in_utterance = False
+        utterance: _Utterance | None = None
         while True:
             frame = await mic.read()
             if self._is_end_requested:
                 self._is_end_requested = False
-                if is_in_utterance:
-                    is_in_utterance = False
+                if utterance is not None and not utterance.is_command:
+                    utterance = None
                     self._vad.reset()
                     text = await loop.run_in_executor(self._asr_thread, recognizer.finish)
                     self._post(TranscriptFinal(text=text, end_of_speech_at=time.monotonic()))
                     continue
-            if not self._is_open() or time.monotonic() < self._muted_until:
-                if is_in_utterance:
+            is_open = self._is_open()
+            is_command = not is_open and self._is_command_time()
+            is_muted = time.monotonic() < self._muted_until
+            if (
+                is_muted
+                or not (is_open or is_command)
+                or (utterance is not None and utterance.is_command != is_command)
+            ):
+                if utterance is not None:  # the gate changed mid-utterance: what was heard counts for nothing
                     await loop.run_in_executor(self._asr_thread, recognizer.finish)
+                    utterance = None
                 self._vad.reset()
-                is_in_utterance = False
                 continue
             result = self._vad.process(frame)
             if result.event is VadEvent.STARTED:
-                is_in_utterance = True
-                self._post(SpeechStarted(at=time.monotonic()))
-            if is_in_utterance and result.frames:
+                utterance = _Utterance(is_command, time.monotonic())
+                await loop.run_in_executor(self._asr_thread, recognizer.use_commands, is_command)
+                if not is_command:
+                    self._post(SpeechStarted(at=time.monotonic()))
+            if utterance is not None and result.frames:
                 pcm = b"".join(f.tobytes() for f in result.frames)
                 partial = await loop.run_in_executor(self._asr_thread, recognizer.accept, pcm)
-                if partial:
+                if partial and not utterance.is_command:
                     self._post(TranscriptPartial(partial))
-            if result.event is VadEvent.ENDED:
-                is_in_utterance = False
+            if utterance is not None and result.event is VadEvent.ENDED:
                 end_at = time.monotonic() - (0.0 if result.is_cut_off else self._end_silence_s)
                 text = await loop.run_in_executor(self._asr_thread, recognizer.finish)
-                self._post(TranscriptFinal(text=text, end_of_speech_at=end_at))
+                if not utterance.is_command:
+                    self._post(TranscriptFinal(text=text, end_of_speech_at=end_at))
+                elif end_at - utterance.started_at <= MAX_COMMAND_S and text:
+                    self._post(CommandHeard(text=text, at=end_at))
+                else:
+                    log.debug(
+                        "%.1f s of speech while speaking (%r): not a command", end_at - utterance.started_at, text
+                    )
+                utterance = None
+
+
+@dataclass
+class _Utterance:
+    is_command: bool  # decoded with the command grammar
+    started_at: float

@@ -8,12 +8,12 @@ story goes on.
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
+from robot.statefile import read_or_set_aside, set_aside, write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -43,40 +43,26 @@ class StoryStore:
 
     def load(self) -> StoryRecord | None:
         """The saved story, or None. A corrupt file is moved aside and reported once."""
+        data = read_or_set_aside(self.path, FORMAT_VERSION)
+        if data is None:
+            return None
         try:
-            data = json.loads(self.path.read_text(encoding="utf-8"))
-            if data.pop("version", None) != FORMAT_VERSION:
-                raise ValueError(f"format version is not {FORMAT_VERSION}")
             record = StoryRecord(**data)
             if not isinstance(record.sentences, list) or not all(isinstance(s, str) for s in record.sentences):
                 raise ValueError("sentences is not a list of strings")
             if not isinstance(record.seed, int) or not isinstance(record.opening, str):
                 raise ValueError("seed or opening has the wrong type")
-            return record
-        except FileNotFoundError:
+        except (ValueError, TypeError) as e:
+            set_aside(self.path, str(e))
             return None
-        except (OSError, ValueError, TypeError) as e:
-            aside = self.path.with_name(self.path.name + ".corrupt")
-            log.warning("the saved story %s is unreadable (%s); moved to %s", self.path, e, aside)
-            try:
-                os.replace(self.path, aside)
-            except OSError:
-                pass
-            return None
+        return record
 
     def save(self, record: StoryRecord) -> bool:
         record.updated_at = time.time()
         data = {"version": FORMAT_VERSION, **asdict(record)}
         data["sentences"] = data["sentences"][-MAX_SAVED_SENTENCES:]
-        tmp = self.path.with_name(self.path.name + ".tmp")
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            with open(tmp, "w", encoding="utf-8") as f:
-                json.dump(data, f, ensure_ascii=False)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.path)
-            _fsync_dir(self.path.parent)
+            write_atomic(self.path, data)
         except OSError as e:
             if not self._has_warned:
                 log.warning("cannot save the story in progress to %s: %s", self.path, e)
@@ -84,11 +70,3 @@ class StoryStore:
             return False
         self._has_warned = False
         return True
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import enum
 import logging
 import random
@@ -12,12 +13,14 @@ from typing import TextIO
 
 from audio.playback import Sink
 from audio.tts import Tts
+from robot.commands import Command, CommandPhrases
 from robot.config import Config
 from robot.engine_host import EngineHost, EngineUnavailable
 from robot.events import (
     ButtonLongPressed,
     ButtonPressed,
     ButtonReleased,
+    CommandHeard,
     Event,
     ListenerFailed,
     ShutdownRequested,
@@ -32,6 +35,7 @@ from robot.events import (
 )
 from robot.prompt import StoryPrompt, build_prompt, is_continue_request
 from robot.resume import StoryStore
+from robot.settings import RuntimeSettings
 from robot.story import StoryPlan, StoryResult, StoryTeller
 
 log = logging.getLogger(__name__)
@@ -58,6 +62,9 @@ class Robot:
         diag_out: TextIO,
         safety: Callable[[str], str | None] = lambda sentence: sentence,
         store: StoryStore | None = None,
+        commands: CommandPhrases | None = None,
+        settings: RuntimeSettings | None = None,
+        save_settings: Callable[[RuntimeSettings], object] = lambda settings: None,
     ) -> None:
         self.config = config
         self.mode = mode
@@ -82,6 +89,10 @@ class Robot:
         self.on_release: Callable[[], None] = lambda: None
         self._is_speech_since_press = False
         self._is_long_press_pending = False
+        self.commands = commands
+        self.settings = settings or RuntimeSettings(config.audio.volume)
+        self._save_settings = save_settings
+        self._recently_said: collections.deque[str] = collections.deque(maxlen=2)  # for telling echo from a child
 
     # --- what other tasks may call ------------------------------------------------------------------
 
@@ -98,6 +109,11 @@ class Robot:
     def is_listening_allowed(self) -> bool:
         """Half-duplex gate: the microphone counts only while the robot is not thinking or speaking."""
         return self.state in (State.IDLE, State.LISTENING)
+
+    @property
+    def is_command_time(self) -> bool:
+        """While the robot thinks or speaks, the microphone is open for voice commands only."""
+        return self.commands is not None and self.state in (State.THINKING, State.SPEAKING)
 
     # --- the state owner ----------------------------------------------------------------------------
 
@@ -141,10 +157,21 @@ class Robot:
                 self._start_story("continue the story", source, time.monotonic())
             case TranscriptPartial(text=text) if self.state is State.LISTENING:
                 log.debug("partial: %s", text)
+            case CommandHeard(text=text) if self.state in (State.THINKING, State.SPEAKING):
+                command = self.commands.match(text) if self.commands else None
+                if command is None:
+                    log.debug("heard %r while speaking: not a command", text)
+                elif self.commands.is_echo(text, " ".join(self._recently_said)):
+                    log.info("heard %r while speaking, but the robot just said it: its own voice", text)
+                else:
+                    await self._obey(command, text)
             case TranscriptFinal(text=text) if self.state in (State.IDLE, State.LISTENING):
                 print(f"heard: {text!r}", file=self._diag, flush=True)
                 log.info("transcript ready %.2f s after the end of speech", time.monotonic() - event.end_of_speech_at)
-                if text.strip():
+                command = self.commands.match(text) if self.commands else None
+                if command is not None:
+                    await self._obey(command, text)
+                elif text.strip():
                     self.end_of_speech_at = event.end_of_speech_at
                     self._start_story(text, Source.VOICE, event.end_of_speech_at)
                 else:
@@ -166,6 +193,52 @@ class Robot:
             case _:
                 log.debug("%s ignored in state %s", type(event).__name__, self.state.value)
 
+    async def _obey(self, command: Command, heard: str) -> None:
+        print(f"command: {command.value} (heard {heard!r})", file=self._diag, flush=True)
+        now = time.monotonic()
+        match command:
+            case Command.STOP:
+                await self._stop_story()
+                self._set_state(State.IDLE)
+            case Command.ANOTHER:
+                await self._stop_story()
+                self._set_state(State.IDLE)
+                self._start_story(self._surprise_subject(), Source.VOICE, now)
+            case Command.REPEAT:
+                await self._stop_story()
+                self._set_state(State.IDLE)
+                plan = self._repeat_plan()
+                if plan is None:
+                    print("storybot: no story to repeat", file=self._diag, flush=True)
+                else:
+                    self._start_plan(plan, Source.VOICE, now)
+            case Command.LOUDER | Command.SOFTER:
+                if self.settings.step_volume(1 if command is Command.LOUDER else -1):
+                    log.info("volume %.1f", self.settings.volume)
+                    if self._sink is not None:
+                        self._sink.set_volume(self.settings.volume)
+                    self._save_settings(self.settings)
+                else:
+                    log.info("volume already at %.1f", self.settings.volume)
+                if self.state is State.LISTENING:
+                    self._set_state(State.IDLE)
+
+    def _surprise_subject(self) -> str:
+        told = self._store.load() if self._store else None
+        subjects = [s for s in (self.commands.surprise if self.commands else ()) if not told or s != told.subject]
+        return random.choice(subjects) if subjects else ""
+
+    def _repeat_plan(self) -> StoryPlan | None:
+        """The saved story again from its last sentence heard, without the "let's go on" of a resume."""
+        saved = self._store.load() if self._store else None
+        if saved is None or not saved.sentences:
+            return None
+        prompt = StoryPrompt(saved.request, saved.subject, saved.opening, language=self.config.story.language)
+        told = tuple(saved.sentences)
+        if saved.is_finished:  # the end again, and nothing new after it
+            return StoryPlan(prompt, saved.seed, 0, told=told, bridge="")
+        return StoryPlan(prompt, saved.seed, self.config.engine.max_tokens, told=told, bridge="")
+
     def _set_state(self, state: State) -> None:
         if state is not self.state:
             log.info("state %s -> %s", self.state.value, state.value)
@@ -176,7 +249,9 @@ class Robot:
     # --- stories ------------------------------------------------------------------------------------
 
     def _start_story(self, text: str, source: Source, requested_at: float) -> None:
-        plan = self._plan(text)
+        self._start_plan(self._plan(text), source, requested_at, text)
+
+    def _start_plan(self, plan: StoryPlan, source: Source, requested_at: float, text: str = "") -> None:
         log.info(
             "story requested (%s): %r -> %r%s",
             source.value,
@@ -235,6 +310,7 @@ class Robot:
 
     def _on_sentence(self, index: int, sentence: str) -> None:
         log.debug("sentence %d starts playing", index)
+        self._recently_said.append(sentence)
         if index == 0:
             self.post(StoryAudible(at=time.monotonic()))
         print(sentence, file=self._story_out, flush=True)

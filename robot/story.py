@@ -86,6 +86,7 @@ class StoryPlan:
     seed: int
     max_tokens: int  # generated tokens for this telling, over all windows
     told: tuple[str, ...] = ()  # sentences heard before (a resumed story), the opening first
+    bridge: str | None = None  # said before a resumed story's reminder; None: the language's usual one
 
 
 def window_prompt(opening: str, story_so_far: str, budget_chars: int) -> str:
@@ -146,10 +147,16 @@ class StoryTeller:
     ) -> None:
         """Puts (sentence, is_story) pairs; is_story is False for what is said about the story (a bridge)."""
         if plan.told:
-            await out.put((PHRASES[plan.prompt.language].resume_bridge, False))
+            bridge = PHRASES[plan.prompt.language].resume_bridge if plan.bridge is None else plan.bridge
+            if bridge:
+                await out.put((bridge, False))
             await out.put((plan.told[-1], False))  # the last sentence heard, as a reminder
         else:
             await out.put((plan.prompt.opening, True))
+        if plan.max_tokens == 0:  # nothing new to tell (the end of a finished story, repeated)
+            result.engine_reason = p.StopReason.EOS.value
+            await out.put(None)
+            return
         try:
             engine = await engine_ready
         except Exception as e:  # EngineUnavailable, or anything that kept the engine from starting

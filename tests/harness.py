@@ -37,6 +37,9 @@ class NullSink:
     def stop(self) -> None:
         pass
 
+    def set_volume(self, volume: float) -> None:
+        self.volume = volume
+
     async def close(self) -> None:
         pass
 
