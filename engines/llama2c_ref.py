@@ -302,7 +302,8 @@ def write_checkpoint(
             f.write(header.ljust(HEADER_BYTES, b"\0"))
             for a in (weights.rms_att, weights.rms_ffn, weights.rms_final):
                 f.write(_f32(a))
-            tensors = [weights.token_embedding] + [getattr(weights, n) for n in LAYER_MATRICES]
+            # one tensor each: the embedding, every layer's matrix (layer by layer), the classifier
+            tensors = [weights.token_embedding] + [m for n in LAYER_MATRICES for m in getattr(weights, n)]
             if wcls is not None:
                 tensors.append(wcls)
             for t in tensors:
@@ -454,7 +455,7 @@ def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
         pos += 4 * n
         return a
 
-    def take_q(*shape: int) -> QTensor:
+    def take_q1(*shape: int) -> QTensor:
         nonlocal pos
         n = int(np.prod(shape))
         q = np.frombuffer(data, dtype=np.int8, count=n, offset=pos).reshape(shape).copy()
@@ -462,6 +463,11 @@ def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
         s = np.frombuffer(data, dtype="<f4", count=n // info.group_size, offset=pos).astype(np.float32)
         pos += 4 * (n // info.group_size)
         return QTensor(q, s, info.group_size)
+
+    def take_q(layers: int, *shape: int) -> QTensor:
+        """Per-layer tensors, each its values then its scales, stacked into one QTensor [L][rows][cols]."""
+        parts = [take_q1(*shape) for _ in range(layers)]
+        return QTensor(np.stack([p.q for p in parts]), np.concatenate([p.s for p in parts]), info.group_size)
 
     mats = {n: (L, *c.matrix_shape(n)) for n in LAYER_MATRICES}
     f: dict[str, np.ndarray] = {}
@@ -485,11 +491,11 @@ def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
         f["wcls"] = None if info.shared_classifier else take_f32(c.vocab_size, d)
     else:
         f["rms_att"], f["rms_ffn"], f["rms_final"] = take_f32(L, d), take_f32(L, d), take_f32(d)
-        quant = {"token_embedding": take_q(c.vocab_size, d)}
+        quant = {"token_embedding": take_q1(c.vocab_size, d)}
         for n in LAYER_MATRICES:
             quant[n] = take_q(*mats[n])
         if not info.shared_classifier:
-            quant["wcls"] = take_q(c.vocab_size, d)
+            quant["wcls"] = take_q1(c.vocab_size, d)
         for n, t in quant.items():
             f[n] = t.dequantize()
         f.setdefault("wcls", None)
@@ -878,7 +884,7 @@ def small_vocab(vocab_size: int = 512, seed: int = 0) -> Tokenizer:
     room = vocab_size - len(pieces)
     if room < len(_CHARS):
         raise ValueError(f"a small vocab needs at least {len(pieces) + len(_CHARS)} tokens")
-    merges = list(_MERGES)
+    merges = [m for m in dict.fromkeys(_MERGES) if m not in _CHARS]
     rng = np.random.default_rng(seed)
     letters = "abcdefghijklmnopqrstuvwxyz"
     seen = set(pieces) | {p.encode() for p in merges} | {c.encode() for c in _CHARS}
