@@ -117,6 +117,23 @@ class SafetyConfig:
 
 
 @dataclass(frozen=True)
+class MemoryConfig:
+    board: str = _opt("auto")  # "auto": plan for this machine; or a profile in assets/boards/ (plan as if there)
+    fallback_models: tuple[str, ...] = _opt(())  # smaller models, tried in order when engine.model does not fit
+    min_context_tokens: int = _opt(128, low=64, high=32768)  # context is shortened down to this before a refusal
+    reserve_mb: int = _opt(0, low=0, high=65536)  # RAM kept free; 0: 5% of MemTotal, at least 8 MB
+    guard_interval_s: float = _opt(1.0, low=0.1, high=60.0)
+    guard_low_mb: int = _opt(0, low=0, high=65536)  # step down below this MemAvailable; 0: the plan's reserve
+    guard_hysteresis_mb: int = _opt(0, low=0, high=65536)  # recover above low + this; 0: half the reserve, >= 4 MB
+    psi_some_high: float = _opt(20.0, low=0.0, high=100.0)  # step down when PSI "some avg10" (%) exceeds this
+    psi_some_low: float = _opt(5.0, low=0.0, high=100.0)  # recover only below this
+    psi_full_high: float = _opt(5.0, low=0.0, high=100.0)  # step down when PSI "full avg10" (%) exceeds this
+    psi_full_low: float = _opt(1.0, low=0.0, high=100.0)
+    breach_dwell_s: float = _opt(3.0, low=0.0, high=600.0)  # pressure lasting this long steps down one level
+    recover_dwell_s: float = _opt(30.0, low=0.0, high=3600.0)  # calm lasting this long steps up one level
+
+
+@dataclass(frozen=True)
 class Config:
     audio: AudioConfig = AudioConfig()
     vad: VadConfig = VadConfig()
@@ -126,6 +143,7 @@ class Config:
     story: StoryConfig = StoryConfig()
     safety: SafetyConfig = SafetyConfig()
     button: ButtonConfig = ButtonConfig()
+    memory: MemoryConfig = MemoryConfig()
 
 
 SECTIONS: dict[str, type] = {
