@@ -451,7 +451,7 @@ def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
     def take_f32(*shape: int) -> np.ndarray:
         nonlocal pos
         n = int(np.prod(shape))
-        a = np.frombuffer(data, dtype="<f4", count=n, offset=pos).reshape(shape).astype(np.float32)
+        a = np.frombuffer(data, dtype="<f4", count=n, offset=pos).reshape(shape).astype(np.float32, copy=False)
         pos += 4 * n
         return a
 
