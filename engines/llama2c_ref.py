@@ -96,7 +96,7 @@ SHAPES: dict[str, Config] = {
     # small test shapes
     "tiny": Config(48, 100, 2, 6, 2, 384, 64),  # GQA; export GS 16 and hidden 100 % 16 != 0: groups cross rows
     "tiny_mha": Config(64, 128, 2, 4, 4, 512, 64),  # every n a multiple of GS 64: activations quantized
-    "tiny_gqa": Config(32, 64, 2, 4, 1, 300, 32),  # one kv head for four query heads
+    "tiny_gqa": Config(32, 64, 2, 4, 1, 360, 32),  # one kv head for four query heads
 }
 
 
@@ -174,24 +174,29 @@ def resolve_shape(shape: str | Config) -> Config:
         raise ValueError(f"unknown shape {shape!r}; known: {', '.join(SHAPES)}") from None
 
 
-def random_weights(shape: str | Config, seed: int = 0, shared_classifier: bool = True) -> Weights:
-    """Random weights whose greedy output is not degenerate: matrices ~ N(0, 1.5/sqrt(fan_in)) so that the blocks,
+def random_weights(shape: str | Config, seed: int = 0, shared_classifier: bool = True, gain: float = 1.5) -> Weights:
+    """Random weights whose greedy output is not degenerate: matrices ~ N(0, gain/sqrt(fan_in)) so that the blocks,
     not the input embedding, steer the next token; embedding/classifier ~ N(0, 3/sqrt(dim)) for logits of std ~3;
-    norms ~ 1. (With smaller matrices a shared classifier just repeats the input token forever.)"""
+    norms ~ 1. (With gain 0.5 a shared classifier just repeats the input token forever; with 1.5 a tiny change
+    deep inside, such as one activation rounded the other way, moves the logits by ~1%.)"""
     c = resolve_shape(shape)
     rng = np.random.default_rng(seed)
     L = c.n_layers
 
     def mat(*shape_: int) -> np.ndarray:
         a = rng.standard_normal(shape_, dtype=np.float32)
-        a *= np.float32(1.5 / math.sqrt(shape_[-1]))
+        a *= np.float32(gain / math.sqrt(shape_[-1]))
         return a
 
     def norm(*shape_: int) -> np.ndarray:
         return (1.0 + 0.1 * rng.standard_normal(shape_, dtype=np.float32)).astype(np.float32)
 
-    emb = rng.standard_normal((c.vocab_size, c.dim), dtype=np.float32)
-    emb *= np.float32(3.0 / math.sqrt(c.dim))
+    def emb_like() -> np.ndarray:
+        a = rng.standard_normal((c.vocab_size, c.dim), dtype=np.float32)
+        a *= np.float32(3.0 / math.sqrt(c.dim))
+        return a
+
+    emb = emb_like()
     return Weights(
         config=c,
         token_embedding=emb,
@@ -205,7 +210,7 @@ def random_weights(shape: str | Config, seed: int = 0, shared_classifier: bool =
         w2=mat(L, c.dim, c.hidden_dim),
         w3=mat(L, c.hidden_dim, c.dim),
         rms_final=norm(c.dim),
-        wcls=None if shared_classifier else mat(c.vocab_size, c.dim) * np.float32(2.0),  # 3/sqrt(dim)
+        wcls=None if shared_classifier else emb_like(),
     )
 
 
