@@ -208,7 +208,7 @@ class PressureGuard:
             return ""
         text = f"available {_mib(r.available_bytes)} >= {_mib(need)}"
         if r.has_psi:
-            return f"{text}, PSI some {r.some_avg10:.2f}% full {r.full_avg10 or 0.0:.2f}%"
+            return f"{text} and PSI at or below {t.psi_some_low:g}%/{t.psi_full_low:g}%"
         return f"{text} (no PSI here: MemAvailable only)"
 
     def _move(self, reading: PressureReading, level: Level, why: str) -> GuardEvent:
