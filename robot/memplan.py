@@ -55,11 +55,12 @@ TTS_BYTES = {"flite": 21 * MiB, "pyttsx3": 21 * MiB}
 LLAMACPP_OVERHEAD_BYTES = 117 * MiB
 # llama.cpp allocates its KV cache in whole blocks of this many tokens (its context is rounded up).
 LLAMACPP_CONTEXT_BLOCK = 256
-# storybot-llama2c (a C program, no Python): an ESTIMATE, not a measurement, because the engine was not built on
-# the machine these numbers come from: libc and code ~2 MiB, activations and buffers ~4 MiB, plus per vocabulary
-# entry the logits (4 bytes), the tokenizer's scores, lengths, pointers and sorted index (~40 bytes) and text.
-LLAMA2C_OVERHEAD_BYTES = 6 * MiB
-LLAMA2C_BYTES_PER_VOCAB_ENTRY = 48
+# storybot-llama2c (engines/llama2c, a C program, no Python): /usr/bin/time "Maximum resident set size" 22.4 MiB
+# for a stories15M-shaped v2 file (16.3 MiB, every page touched) with a 32000-token tokenizer.bin, -n 256: minus
+# the weights and the 3.4 MiB fp32 KV cache, 2.7 MiB for code, buffers, logits and the tokenizer. Counted as
+# 2 MiB plus 32 bytes per vocabulary entry (logits, scores, pieces), with a little to spare.
+LLAMA2C_OVERHEAD_BYTES = 2 * MiB
+LLAMA2C_BYTES_PER_VOCAB_ENTRY = 32
 
 DEFAULT_MIN_CONTEXT_TOKENS = 128
 RESERVE_FRACTION = 0.05  # memory.reserve_mb = 0: 5% of MemTotal, at least RESERVE_MIN_BYTES
