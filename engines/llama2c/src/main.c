@@ -208,8 +208,8 @@ static void generate(Transformer *t, const Tokenizer *tok, const Options *o, int
         int sampled = pos >= n_prompt - 1;
         int next = sampled ? sample(&sampler, logits, NULL, 0) : prompt[pos + 1];
         pos++;
+        if (sampled && (next == 1 || next == 2)) break; /* BOS (as llama2.c) or EOS once generating */
         if (dump_ids) fprintf(dump_ids, " %d", next);
-        if (next == 1 || (sampled && next == 2)) break; /* BOS as llama2.c; EOS once generating */
         const char *piece = decode(tok, token, next);
         if (is_printable_piece(piece)) fputs(piece, stdout);
         fflush(stdout);

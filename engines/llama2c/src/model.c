@@ -20,10 +20,14 @@ static uint32_t le32(const uint8_t *p) {
     return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
 }
 
+/* Appended to header complaints about files without the v1/v2 magic, which may not be checkpoints at all. */
+static const char *header_note = "";
+
 /* Dies with 65 unless lo <= value <= hi. */
 static void check_range(const char *path, const char *name, long long value, long long lo, long long hi) {
     if (value < lo || value > hi)
-        die(EXIT_MODEL_MALFORMED, "%s: header field %s is %lld, expected %lld..%lld", path, name, value, lo, hi);
+        die(EXIT_MODEL_MALFORMED, "%s: header field %s is %lld, expected %lld..%lld%s", path, name, value, lo, hi,
+            header_note);
 }
 
 static void validate_config(const char *path, Config *c) {
@@ -35,13 +39,15 @@ static void validate_config(const char *path, Config *c) {
     check_range(path, "vocab_size", c->vocab_size, 1, 1000000);
     check_range(path, "seq_len", c->seq_len, 1, 1048576);
     if (c->dim % c->n_heads != 0)
-        die(EXIT_MODEL_MALFORMED, "%s: dim %d is not a multiple of n_heads %d", path, c->dim, c->n_heads);
+        die(EXIT_MODEL_MALFORMED, "%s: dim %d is not a multiple of n_heads %d%s", path, c->dim, c->n_heads,
+            header_note);
     if (c->n_heads % c->n_kv_heads != 0)
-        die(EXIT_MODEL_MALFORMED, "%s: n_heads %d is not a multiple of n_kv_heads %d", path, c->n_heads,
-            c->n_kv_heads);
+        die(EXIT_MODEL_MALFORMED, "%s: n_heads %d is not a multiple of n_kv_heads %d%s", path, c->n_heads,
+            c->n_kv_heads, header_note);
     c->head_size = c->dim / c->n_heads;
     if (c->head_size % 2 != 0)
-        die(EXIT_MODEL_MALFORMED, "%s: head_size %d (dim / n_heads) is odd; RoPE needs pairs", path, c->head_size);
+        die(EXIT_MODEL_MALFORMED, "%s: head_size %d (dim / n_heads) is odd; RoPE needs pairs%s", path, c->head_size,
+            header_note);
     c->kv_dim = c->dim / c->n_heads * c->n_kv_heads;
 }
 
@@ -138,13 +144,13 @@ static void read_header(Model *m, int fd, uint64_t file_size) {
             V0_HEADER_BYTES);
     const uint8_t *cfg = h;
     if (le32(h) == MAGIC) {
+        int version = (int32_t)le32(h + 4);
+        if (file_size >= 41 && version != 1 && version != 2)
+            die(EXIT_MODEL_MALFORMED, "%s: unknown version %d (magic ak42 with version 1 or 2 expected)", path,
+                version);
         if (file_size < V12_HEADER_BYTES)
             die(EXIT_MODEL_SIZE, "%s: size %s bytes, shorter than the %d-byte v1/v2 header", path,
                 fmt_count(file_size, n1), V12_HEADER_BYTES);
-        int version = (int32_t)le32(h + 4);
-        if (version != 1 && version != 2)
-            die(EXIT_MODEL_MALFORMED, "%s: unknown version %d (magic ak42 with version 1 or 2 expected)", path,
-                version);
         m->version = version;
         cfg = h + 8;
         if (h[36] > 1) die(EXIT_MODEL_MALFORMED, "%s: shared_classifier byte is %d, expected 0 or 1", path, h[36]);
@@ -168,6 +174,7 @@ static void read_header(Model *m, int fd, uint64_t file_size) {
     c->vocab_size = f[5];
     c->seq_len = f[6];
     if (m->version == 0) {
+        header_note = " (no v1/v2 magic, so read as a legacy v0 header)";
         m->shared_classifier = f[5] > 0;
         if (f[5] < 0 && f[5] != INT32_MIN) c->vocab_size = -f[5];
     } else if (f[5] < 0) {

@@ -13,9 +13,12 @@
 
 static const Tokenizer *sort_target; /* qsort has no context argument in C11 */
 
+/* By string, then by id, so that a lookup finds the lowest id of a piece that occurs twice. */
 static int compare_ids(const void *a, const void *b) {
     const Tokenizer *t = sort_target;
-    return strcmp(t->bytes + t->offset[*(const int *)a], t->bytes + t->offset[*(const int *)b]);
+    int x = *(const int *)a, y = *(const int *)b;
+    int c = strcmp(t->bytes + t->offset[x], t->bytes + t->offset[y]);
+    return c != 0 ? c : (x > y) - (x < y);
 }
 
 static int32_t read_le32(const unsigned char *p) {
@@ -47,27 +50,27 @@ void build_tokenizer(Tokenizer *t, const char *path, int vocab_size) {
     int max_len = read_le32(buf);
     if (max_len < 1 || max_len > MAX_TOKEN_LENGTH_LIMIT)
         die(EXIT_TOKENIZER_BAD, "%s: max_token_length is %d, expected 1..%d", path, max_len, MAX_TOKEN_LENGTH_LIMIT);
-    /* First pass: count the records and check each one, without trusting any length. */
+    /* First pass: check vocab_size records without trusting any length. */
     size_t at = 4, text_bytes = 0;
-    long long count = 0;
-    while (at < size) {
+    for (int i = 0; i < vocab_size; i++) {
+        if (at == size)
+            die(EXIT_VOCAB_MISMATCH, "%s: tokenizer has %d tokens, the checkpoint's vocab_size is %d", path, i,
+                vocab_size);
         if (size - at < 8)
-            die(EXIT_TOKENIZER_BAD, "%s: tokenizer truncated: token %lld's header at byte %zu is cut off", path,
-                count, at);
+            die(EXIT_TOKENIZER_BAD, "%s: tokenizer truncated in token %d (byte %zu of %zu)", path, i, at, size);
         int len = read_le32(buf + at + 4);
         if (len < 0 || len > max_len)
-            die(EXIT_TOKENIZER_BAD, "%s: token %lld has byte length %d, expected 0..%d (max_token_length)", path,
-                count, len, max_len);
+            die(EXIT_TOKENIZER_BAD, "%s: token %d has byte length %d, expected 0..%d (max_token_length)", path, i,
+                len, max_len);
         if (size - at - 8 < (size_t)len)
-            die(EXIT_TOKENIZER_BAD, "%s: tokenizer truncated: token %lld needs %d bytes at byte %zu, the file has %zu",
-                path, count, len, at + 8, size);
+            die(EXIT_TOKENIZER_BAD, "%s: tokenizer truncated in token %d (needs %d bytes at byte %zu of %zu)", path,
+                i, len, at + 8, size);
         at += 8 + (size_t)len;
         text_bytes += (size_t)len + 1;
-        count++;
     }
-    if (count != vocab_size)
-        die(EXIT_VOCAB_MISMATCH, "%s: tokenizer has %lld tokens, the checkpoint's vocab_size is %d", path, count,
-            vocab_size);
+    if (at != size)
+        die(EXIT_VOCAB_MISMATCH, "%s: %zu bytes follow token %d: the tokenizer has more tokens than the checkpoint's "
+            "vocab_size %d", path, size - at, vocab_size - 1, vocab_size);
     if (text_bytes > UINT32_MAX) die(EXIT_TOKENIZER_BAD, "%s: tokenizer strings too large", path);
 
     t->vocab_size = vocab_size;
@@ -109,15 +112,13 @@ static const char *piece_of(const Tokenizer *t, int id) { return t->bytes + t->o
 
 /* The id of the token spelled `str`, or -1. */
 static int lookup(const Tokenizer *t, const char *str) {
-    int lo = 0, hi = t->vocab_size - 1;
-    while (lo <= hi) {
+    int lo = 0, hi = t->vocab_size; /* the first entry >= str */
+    while (lo < hi) {
         int mid = lo + (hi - lo) / 2;
-        int c = strcmp(str, piece_of(t, t->sorted[mid]));
-        if (c == 0) return t->sorted[mid];
-        if (c < 0) hi = mid - 1;
-        else lo = mid + 1;
+        if (strcmp(piece_of(t, t->sorted[mid]), str) < 0) lo = mid + 1;
+        else hi = mid;
     }
-    return -1;
+    return lo < t->vocab_size && strcmp(piece_of(t, t->sorted[lo]), str) == 0 ? t->sorted[lo] : -1;
 }
 
 /* The id of the merge of tokens a and b, or -1; `buf` has room for two tokens. */
@@ -189,10 +190,12 @@ static int hex_value(char c) {
 const char *decode(const Tokenizer *t, int prev, int token) {
     const char *piece = piece_of(t, token);
     if (prev == 1 && piece[0] == ' ') piece++;
-    /* <0xHH>: a raw byte */
-    if (piece[0] == '<' && piece[1] == '0' && piece[2] == 'x' && hex_value(piece[3]) >= 0 &&
-        hex_value(piece[4]) >= 0 && piece[5] == '>' && piece[6] == '\0')
-        return t->byte_pieces + 2 * (hex_value(piece[3]) * 16 + hex_value(piece[4]));
+    /* <0xH> or <0xHH> at the start (what llama2.c's sscanf "<0x%02hhX>" accepts): a raw byte */
+    if (piece[0] == '<' && piece[1] == '0' && piece[2] == 'x' && hex_value(piece[3]) >= 0) {
+        int value = hex_value(piece[3]);
+        if (hex_value(piece[4]) >= 0) value = value * 16 + hex_value(piece[4]);
+        return t->byte_pieces + 2 * value;
+    }
     return piece;
 }
 
