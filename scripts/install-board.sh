@@ -59,7 +59,7 @@ mkdir -p "$root" 2>/dev/null || die "cannot create --root $root"
 root="$(cd "$root" && pwd)"
 [ "$(id -u)" = 0 ] || die "run as root (the user, the units and /etc need it)"
 checkout="$(cd "$(dirname "$0")/.." && pwd)"
-[ -f "$checkout/pyproject.toml" ] && [ -d "$checkout/systemd" ] || die "$checkout is not a storybot checkout"
+{ [ -f "$checkout/pyproject.toml" ] && [ -d "$checkout/systemd" ]; } || die "$checkout is not a storybot checkout"
 
 # R: a path inside the target root ("" when installing on this machine)
 if [ "$root" = / ]; then R=""; else R="$root"; fi
@@ -124,13 +124,15 @@ else
     fi
     stamp="$R$venv/.storybot-installed"
     want="$(cd "$checkout" && { cat pyproject.toml; git rev-parse HEAD 2>/dev/null || date +%s%N;
-            git status --porcelain -- robot audio engines assets 2>/dev/null; echo "$extras"; } | sha256sum)"
+            git diff HEAD -- robot audio engines assets 2>/dev/null
+            git ls-files --others --exclude-standard -- robot audio engines assets 2>/dev/null; echo "$extras"; } |
+            sha256sum)"
     if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
         # built from a copy, so that setuptools' build/ never lands in the checkout
         src="$(mktemp -d)"
         cp -r "$checkout/pyproject.toml" "$checkout/README.md" "$checkout/robot" "$checkout/audio" \
               "$checkout/engines" "$checkout/assets" "$src/"
-        spec="$src"; [ -n "$extras" ] && spec="$src[$extras]"
+        spec="$src"; [ -n "$extras" ] && spec="${src}[$extras]"
         say "installing storybot[$extras] into $venv (llama-cpp-python builds from source once, ~12 min on 2 cores)"
         "$R$venv/bin/python" -m pip install -q --upgrade pip
         "$R$venv/bin/python" -m pip install -q --upgrade "$spec"
@@ -144,7 +146,7 @@ else
     fi
     if [ -n "$R" ]; then  # scripts in a staged venv name the staging path; on the image it is $venv
         for f in "$R$venv"/bin/*; do
-            [ -f "$f" ] && [ ! -L "$f" ] || continue
+            if [ ! -f "$f" ] || [ -L "$f" ]; then continue; fi
             if head -c 512 "$f" | grep -qF "$R$venv"; then sed -i "s|$R$venv|$venv|g" "$f"; fi
         done
     fi
