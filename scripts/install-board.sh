@@ -123,10 +123,10 @@ else
         python3 -m venv "$R$venv"
     fi
     stamp="$R$venv/.storybot-installed"
-    want="$(cd "$checkout" && { cat pyproject.toml; git rev-parse HEAD 2>/dev/null || date +%s%N;
-            git diff HEAD -- robot audio engines assets 2>/dev/null
-            git ls-files --others --exclude-standard -- robot audio engines assets 2>/dev/null; echo "$extras"; } |
-            sha256sum)"
+    # reinstall when a source file or the extras changed
+    want="$(cd "$checkout" && { find pyproject.toml README.md robot audio engines assets -type f \
+            -not -path '*/__pycache__/*' -not -path '*/build/*' -print0 | sort -z | xargs -0 sha256sum
+            echo "$extras"; } | sha256sum)"
     if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
         # built from a copy, so that setuptools' build/ never lands in the checkout
         src="$(mktemp -d)"
@@ -195,17 +195,17 @@ if [ "$gpio" = 1 ]; then
 else
     rm -f "$dropin"
 fi
-# DeviceAllow=char-ttyACM/char-ttyUSB is resolved when the service starts: a serial driver loaded later (the first
-# plug of a button board) would stay blocked until a restart. So load them at boot when they are modules.
+# DeviceAllow=char-alsa/char-ttyACM/char-ttyUSB is resolved when the service starts: a driver loaded later (the first
+# plug of a USB microphone or button board) would stay blocked until a restart. So load them at boot when modules.
 if [ -z "$R" ] && command -v modinfo >/dev/null; then
     mods=()
-    for m in cdc_acm usbserial; do
+    for m in snd cdc_acm usbserial; do
         case "$(modinfo -F filename "$m" 2>/dev/null)" in *.ko*) mods+=("$m") ;; esac
     done
     if [ ${#mods[@]} -gt 0 ]; then
         install -d -m 0755 /etc/modules-load.d
-        printf '%s\n' "# written by storybot's install-board.sh: serial drivers for button boards" "${mods[@]}" \
-            >/etc/modules-load.d/storybot.conf
+        printf '%s\n' "# written by storybot's install-board.sh: drivers loaded before storybot.service starts" \
+            "${mods[@]}" >/etc/modules-load.d/storybot.conf
     fi
 fi
 
