@@ -798,3 +798,62 @@ def test_serve_bad_model_exits_with_its_status(engine, tmp_path, good):
     bad = mutated(good, tmp_path / "bad-serve.bin", lambda d: d[:-8])
     proc = subprocess.run([engine, str(bad), "--serve"], input=b"", capture_output=True, timeout=30)
     assert proc.returncode == 67 and b"bad-serve.bin" in proc.stderr
+
+
+# ---------------------------------------------------------------------------------------------- stop tokens, options
+
+
+def always_model(models: Models, token: int, version: int) -> Path:
+    """A model whose greedy choice is always `token`: x[0] is +100 whatever happens (no block writes to it), the
+    final norm keeps only x[0], and the classifier reads x[0] into `token`'s logit alone."""
+    d = models.root / f"always-{token}-v{version}"
+    if not d.exists():
+        d.mkdir()
+        w = R.random_weights("tiny_mha", seed=9, shared_classifier=False, gain=TEXT_GAIN)
+        w.token_embedding[:, 0] = 100
+        w.wo[:, 0, :] = 0
+        w.w2[:, 0, :] = 0
+        w.rms_final[:] = 0
+        w.rms_final[0] = 1
+        w.wcls[:] = 0
+        w.wcls[token, 0] = 1
+        R.write_checkpoint(d / "model.bin", w, version)
+        R.write_tokenizer(d / "tokenizer.bin", R.small_vocab(512))
+    return d / "model.bin"
+
+
+@pytest.mark.parametrize("version", [0, 2])
+@pytest.mark.parametrize("token", [R.EOS, R.BOS])
+def test_generation_stops_at_eos_and_bos_after_the_prompt(engine, models, tmp_path, token, version):
+    model = always_model(models, token, version)
+    ref, tok = reference(model)
+    prompt = [1, 300, R.EOS, 301, R.BOS, 302]  # markers inside the prompt are forced, not stops
+    assert R.generate(ref, prompt, 20).stop_token == token
+    out = generate(engine, model, tmp_path, "--prompt-ids", ",".join(map(str, prompt)), "-n", "20")
+    assert stop_free(out.ids, len(prompt)) == prompt
+    assert len(out.logits) == len(prompt)
+    assert out.proc.stdout == tok.render(prompt)
+
+
+def test_serve_reports_eos(engine, models):
+    s = Served(engine, always_model(models, R.EOS, 2))
+    try:
+        s.next()
+        s.send({"type": "generate", "id": 9, "prompt": "Once", "max_tokens": 10, "temperature": 0})
+        tokens, done = s.until_done(9)
+        assert tokens == [] and isinstance(done, p.Done) and done.reason is p.StopReason.EOS and done.tokens == 0
+    finally:
+        s.close()
+
+
+@pytest.mark.parametrize("option", [["--load", "read"], ["-j", "2"], ["-n", "0"]], ids=lambda o: " ".join(o))
+def test_options_that_must_not_change_the_logits(engine, models, tmp_path, option):
+    model = models.get(CASES[5], LOGITS_GAIN)  # v2, GQA, crossing groups
+    base = generate(engine, model, tmp_path, "--prompt-ids", "1,5,6,7", "-n", "64")
+    steps = [] if option[0] == "-n" else ["-n", "64"]
+    other = generate(engine, model, tmp_path, "--prompt-ids", "1,5,6,7", *steps, *option)
+    assert other.ids == base.ids  # -n 0 means seq_len, 64 for this shape
+    if option[0] == "-j":  # threads may split sums differently
+        assert_logits_close(other.logits, base.logits, True, "-j 2")
+    else:
+        np.testing.assert_array_equal(other.logits, base.logits)
