@@ -857,3 +857,18 @@ def test_options_that_must_not_change_the_logits(engine, models, tmp_path, optio
         assert_logits_close(other.logits, base.logits, True, "-j 2")
     else:
         np.testing.assert_array_equal(other.logits, base.logits)
+
+
+@pytest.mark.slow
+def test_stories15m_shape_int8(engine, tmp_path):
+    """The real 15M shape (vocab 32000, GS 32): logits and a few greedy tokens, with a 32000-token tokenizer."""
+    w = R.random_weights("stories15M", seed=15, gain=LOGITS_GAIN)
+    model = R.write_checkpoint(tmp_path / "model.bin", w, 2)
+    R.write_tokenizer(tmp_path / "tokenizer.bin", R.small_vocab(32000))
+    assert model.stat().st_size == 17_101_696
+    prompt = random_prompt(32000, 6, seed=5)
+    out = generate(engine, model, tmp_path, "--prompt-ids", ",".join(map(str, prompt)), "-n", "10")
+    ref = R.Transformer(R.read_checkpoint(model).weights)
+    ids = stop_free(out.ids, len(prompt))
+    assert_logits_close(out.logits, ref.forward(ids[: len(out.logits)]), True, "stories15M v2")
+    assert_same_greedy(ids, ref, prompt, True)

@@ -396,3 +396,11 @@ def test_storybot_models_help_reaches_the_models_parser():
     proc = storybot_models("--help")
     assert proc.returncode == 0, proc.stderr
     assert "convert" in proc.stdout and "verify" in proc.stdout
+
+
+def test_fetch_draws_a_progress_bar_when_asked(tmp_path, catalogue, capsys):
+    from engines.fetch import Remote, fetch
+
+    fetch(Remote(f"{catalogue.url}/stories260K.bin", len(catalogue.model), None), tmp_path / "m.bin", progress=True)
+    err = capsys.readouterr().err
+    assert "m.bin" in err and "1.01M" in err and "%|" in err  # a tqdm bar with the total size
