@@ -872,3 +872,18 @@ def test_stories15m_shape_int8(engine, tmp_path):
     ids = stop_free(out.ids, len(prompt))
     assert_logits_close(out.logits, ref.forward(ids[: len(out.logits)]), True, "stories15M v2")
     assert_same_greedy(ids, ref, prompt, True)
+
+
+def test_out_of_memory_is_71_not_a_signal(engine, tmp_path):
+    """An address-space limit below what the model needs: exit 71 with one line, not a crash."""
+    import resource
+
+    w = R.random_weights("stories15M", seed=1, gain=LOGITS_GAIN)
+    model = R.write_checkpoint(tmp_path / "big.bin", w, 2)  # 17 MB
+    R.write_tokenizer(tmp_path / "tokenizer.bin", R.small_vocab(32000))
+
+    def limit():
+        resource.setrlimit(resource.RLIMIT_AS, (20 << 20, 20 << 20))
+
+    proc = run(engine, model, "--load", "read", "-n", "4", "-t", "0", preexec_fn=limit)
+    assert_one_line_error(proc, 71, "big.bin")
