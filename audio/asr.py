@@ -182,7 +182,7 @@ class PocketSphinxRecognizer:
             self._decoder.start_utt()
             self._is_started = True
         self._decoder.process_raw(pcm, False, False)
-        if not self._is_cmn_warm and not self._is_command:
+        if not self._is_cmn_warm:
             self._utterance.append(pcm)
         hyp = self._decoder.hyp()
         partial = self._words(hyp.hypstr) if hyp is not None else ""
@@ -197,7 +197,7 @@ class PocketSphinxRecognizer:
         self._decoder.end_utt()
         self._is_started = False
         self._partial = ""
-        if not self._is_cmn_warm and not self._is_command:
+        if not self._is_cmn_warm:
             # Live cepstral-mean normalisation starts from a generic mean, which garbles a fresh decoder's
             # first utterance; having heard it once, the decoder hears it again with the mean adapted.
             self._is_cmn_warm = True

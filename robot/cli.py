@@ -100,11 +100,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     faulthandler.enable()  # a crash in C code (PortAudio, llama.cpp bindings) leaves a stack trace
     faulthandler.register(signal.SIGUSR1, all_threads=True)  # kill -USR1 shows where a hung daemon is
-    args = build_parser().parse_args(argv)
-    if args.command == "models":
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["models"]:  # its own parser, --help included (argparse's REMAINDER would not take a first --help)
         from engines.models import main as models_main
 
-        return models_main(args.models_argv)
+        return models_main(argv[1:])
+    args = build_parser().parse_args(argv)
     logging.basicConfig(
         level=(logging.WARNING, logging.INFO, logging.DEBUG)[min(args.verbose, 2)],
         stream=sys.stderr,

@@ -86,6 +86,7 @@ class StoryAudible:
 @dataclass(frozen=True)
 class StoryEnded:
     result: object  # robot.story.StoryResult
+    story: int = 0  # which telling ended: a stopped story's end can arrive after the next one started
 
 
 @dataclass(frozen=True)

@@ -41,6 +41,7 @@ from robot.story import StoryPlan, StoryResult, StoryTeller
 log = logging.getLogger(__name__)
 
 EVENT_QUEUE_SIZE = 64
+CONTINUE = "continue the story"  # what a long press asks for, in any language
 
 
 class Mode(enum.Enum):
@@ -82,6 +83,7 @@ class Robot:
         self._events: asyncio.Queue[Event] = asyncio.Queue(EVENT_QUEUE_SIZE)
         self._dropped_events = 0
         self._story_task: asyncio.Task | None = None
+        self._story_number = 0  # of the latest telling
         self._sink: Sink | None = None
         # hooks for the controls: an LED that shows the state, an earcon, the end of a push-to-talk request
         self.on_state_change: list[Callable[[State], None]] = []
@@ -144,17 +146,21 @@ class Robot:
             case ButtonReleased(source=source) if self.state is State.LISTENING:
                 if self._is_long_press_pending and not self._is_speech_since_press:
                     self._set_state(State.IDLE)  # held without a word: "continue the story"
-                    self._start_story("continue the story", source, time.monotonic())
+                    self._start_story(CONTINUE, source, time.monotonic())
                 else:
                     self.on_release()  # push-to-talk: the request ends now
                 self._is_long_press_pending = False
-            case ButtonLongPressed() if self.state is State.LISTENING:
-                # held while listening: push-to-talk if the child speaks before letting go, else "continue"
-                self._is_long_press_pending = True
+            case ButtonLongPressed(source=source) if self.state is State.LISTENING:
+                # held while listening: push-to-talk if the child has started speaking, else "continue"
+                if self._is_speech_since_press:
+                    self._is_long_press_pending = True
+                else:
+                    self._set_state(State.IDLE)
+                    self._start_story(CONTINUE, source, time.monotonic())
             case ButtonLongPressed(source=source) if self.state is not State.STOPPING:
                 await self._stop_story()
                 self._set_state(State.IDLE)
-                self._start_story("continue the story", source, time.monotonic())
+                self._start_story(CONTINUE, source, time.monotonic())
             case TranscriptPartial(text=text) if self.state is State.LISTENING:
                 log.debug("partial: %s", text)
             case CommandHeard(text=text) if self.state in (State.THINKING, State.SPEAKING):
@@ -180,6 +186,9 @@ class Robot:
                 self._start_story(text, source, at)
             case StoryAudible() if self.state is State.THINKING:
                 self._set_state(State.SPEAKING)
+            case StoryEnded(result=result, story=story) if story != self._story_number:
+                self.results.append(result)  # a story that was stopped for the one being told now
+                self._print_timings(result)
             case StoryEnded(result=result):
                 self._finish_story(result)
             case ListenerFailed(message=message):
@@ -260,12 +269,13 @@ class Robot:
             f", resuming at sentence {len(plan.told)}" if plan.told else "",
         )
         self._set_state(State.THINKING)
-        self._story_task = asyncio.create_task(self._tell(plan, requested_at), name="story")
+        self._story_number += 1
+        self._story_task = asyncio.create_task(self._tell(plan, requested_at, self._story_number), name="story")
 
     def _plan(self, text: str) -> StoryPlan:
         cfg = self.config.engine
         language = self.config.story.language
-        if is_continue_request(text, language):
+        if text is CONTINUE or is_continue_request(text, language):
             saved = self._store.load() if self._store else None
             if saved is not None and not saved.is_finished and saved.sentences:
                 prompt = StoryPrompt(saved.request, saved.subject, saved.opening, language=language)
@@ -280,7 +290,7 @@ class Robot:
         seed = cfg.seed if cfg.seed >= 0 else random.randrange(2**31)  # chosen here, so that it can be saved
         return StoryPlan(prompt, seed, max(8, round(cfg.max_tokens * prompt.length_factor)))
 
-    async def _tell(self, plan: StoryPlan, requested_at: float) -> None:
+    async def _tell(self, plan: StoryPlan, requested_at: float, number: int) -> None:
         # the engine starts and the speaker opens (a blocking PortAudio call, in a thread) while the opening is
         # synthesized: neither is needed for the first sentence
         engine = asyncio.ensure_future(self._engine_host.get())
@@ -295,7 +305,7 @@ class Robot:
             sink = await asyncio.shield(opening) if not opening.cancelled() else None
             if sink is not None:
                 await sink.close()
-        self.post(StoryEnded(result))
+        self.post(StoryEnded(result, number))
 
     def _engine_resolved(self, engine: asyncio.Future) -> None:
         if engine.cancelled():

