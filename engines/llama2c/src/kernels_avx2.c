@@ -104,6 +104,10 @@ static void matmul_q8(float *out, const int8_t *wq, const float *ws, const QVec 
         for (int g = 0; g < groups; g++) {
             __m256i a0 = _mm256_setzero_si256(), a1 = a0;
             for (int k = g * gs; k < (g + 1) * gs; k += 32) {
+                if ((k & 63) == 0) { /* the next two rows, a line at a time: without it, large models stall */
+                    _mm_prefetch((const char *)(r0 + 2 * (size_t)n + k), _MM_HINT_T0);
+                    _mm_prefetch((const char *)(r1 + 2 * (size_t)n + k), _MM_HINT_T0);
+                }
                 __m256i xv = _mm256_loadu_si256((const __m256i *)(x->q + k));
                 a0 = dot32(a0, _mm256_loadu_si256((const __m256i *)(r0 + k)), xv);
                 a1 = dot32(a1, _mm256_loadu_si256((const __m256i *)(r1 + k)), xv);
