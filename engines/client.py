@@ -87,6 +87,12 @@ class EngineClient:
     def is_running(self) -> bool:
         return self._proc is not None and self._proc.returncode is None
 
+    async def wait_exit(self) -> int | None:
+        """Until the engine process ends (by itself, killed, or stopped); its exit status as asyncio gives it."""
+        if self._proc is None:
+            return None
+        return await self._proc.wait()
+
     async def start(self, timeout_s: float) -> p.Ready:
         """Spawn the engine and wait for its Ready frame."""
         self._proc = await asyncio.create_subprocess_exec(

@@ -45,13 +45,16 @@ class ExitCode(enum.IntEnum):
     USAGE = 64  # bad command line
     BAD_MODEL = 65  # EX_DATAERR: the model file is malformed
     MODEL_MISSING = 66  # EX_NOINPUT: the model file is missing or unreadable
+    MODEL_SIZE = 67  # storybot-llama2c: the checkpoint's size is not what its header implies
+    BAD_TOKENIZER = 68  # storybot-llama2c: tokenizer.bin is malformed
+    VOCAB_MISMATCH = 69  # storybot-llama2c: the tokenizer's vocabulary differs from the checkpoint's
     INTERNAL = 70  # EX_SOFTWARE
     OUT_OF_MEMORY = 71  # EX_OSERR: allocation failed while loading
 
     @property
     def is_permanent(self) -> bool:
         """True when restarting the engine with the same arguments cannot help."""
-        return self in (ExitCode.USAGE, ExitCode.BAD_MODEL, ExitCode.MODEL_MISSING)
+        return self not in (ExitCode.OK, ExitCode.INTERNAL, ExitCode.OUT_OF_MEMORY)
 
 
 class StopReason(enum.StrEnum):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import faulthandler
 import json
 import logging
@@ -106,11 +107,10 @@ def main(argv: list[str] | None = None) -> int:
 
         return models_main(argv[1:])
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=(logging.WARNING, logging.INFO, logging.DEBUG)[min(args.verbose, 2)],
-        stream=sys.stderr,
-        format="%(relativeCreated)7.0f %(levelname)s %(name)s: %(message)s",
-    )
+    from robot.notify import Notifier
+
+    args.notifier = Notifier()  # takes NOTIFY_SOCKET out of the environment before any child is started
+    _set_up_logging(args.verbose)
     try:
         config = load_config(args.config, args.overrides)
         check_semantics(config)
@@ -124,6 +124,21 @@ def main(argv: list[str] | None = None) -> int:
 
         return run_doctor(config, args)
     return asyncio.run(run_robot(config, args))
+
+
+def _set_up_logging(verbose: int) -> None:
+    level = (logging.WARNING, logging.INFO, logging.DEBUG)[min(verbose, 2)]
+    if os.environ.get("INVOCATION_ID") and not sys.stderr.isatty():  # a systemd service: log to the journal
+        try:
+            from systemd.journal import JournalHandler
+
+            logging.basicConfig(level=level, handlers=[JournalHandler(SYSLOG_IDENTIFIER="storybot")])
+            return
+        except ImportError:
+            pass
+    logging.basicConfig(
+        level=level, stream=sys.stderr, format="%(relativeCreated)7.0f %(levelname)s %(name)s: %(message)s"
+    )
 
 
 def show_devices(config: Config) -> int:
@@ -154,8 +169,8 @@ async def run_robot(config: Config, args: argparse.Namespace) -> int:
     from audio.playback import open_sink
     from audio.tts import Timeouts, TtsError, build_tts
     from robot.commands import CommandPhrases, CommandsError
-    from robot.engine_host import EngineHost
-    from robot.events import ButtonPressed, ShutdownRequested, Source, StoryRequested
+    from robot.engine_host import EngineHost, EngineUnavailable
+    from robot.events import ButtonPressed, EngineStatus, ShutdownRequested, Source, StoryRequested
     from robot.paths import state_dir
     from robot.resume import StoryStore
     from robot.robot import Mode, Robot
@@ -185,7 +200,16 @@ async def run_robot(config: Config, args: argparse.Namespace) -> int:
         return EX_CONFIG
     settings_path = state_dir() / "settings.json"
     settings = RuntimeSettings.load(settings_path, config.audio.volume)
-    host = EngineHost(config.engine)
+    notifier = args.notifier
+    plan, refusal = _memory_plan(config)
+    engine_config = config.engine
+    if plan is not None:
+        engine_config = dataclasses.replace(
+            config.engine, backend=plan.backend, model=plan.model_path, context_tokens=plan.context_tokens
+        )
+    host = EngineHost(engine_config, on_status=lambda problem: robot.post(EngineStatus(problem)))
+    if refusal:
+        host.give_up(EngineUnavailable(f"no model fits in memory: {refusal}", is_permanent=True))
     wav = getattr(args, "wav", None)
     robot = Robot(
         config,
@@ -204,9 +228,23 @@ async def run_robot(config: Config, args: argparse.Namespace) -> int:
         diag_out=sys.stderr,
     )
     loop = asyncio.get_running_loop()
+
+    def on_signal(sig: signal.Signals) -> None:
+        notifier.send("STOPPING=1")
+        robot.post(ShutdownRequested(sig.name))
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, robot.post, ShutdownRequested(signal.Signals(sig).name))
-    helpers: list[asyncio.Task] = [asyncio.create_task(_warm_up(host), name="engine-warm-up")]
+        loop.add_signal_handler(sig, on_signal, sig)
+    robot.on_status.append(lambda: notifier.status(robot.status_text))
+    notifier.send(f"EXTEND_TIMEOUT_USEC={int((engine_config.load_timeout_s + 30) * 1e6)}", "STATUS=loading the model")
+    engine_settled = asyncio.Event()
+    helpers: list[asyncio.Task] = [
+        asyncio.create_task(_run_engine(host, engine_settled), name="engine"),
+        asyncio.create_task(_announce_ready(robot, notifier, engine_settled), name="ready"),
+        asyncio.create_task(_watchdog(robot, notifier), name="watchdog"),
+    ]
+    if plan is not None:
+        helpers.append(asyncio.create_task(_guard_memory(config, plan, robot, host), name="memory-guard"))
     if mode is Mode.TELL:
         robot.post(StoryRequested(args.text, Source.TEXT, time.monotonic()))
         button = None
@@ -373,14 +411,101 @@ def _jsgf_file(search: str) -> str | None:
     return search
 
 
-async def _warm_up(host) -> None:
-    """Load the model while the request is still being spoken or the opening is being said."""
+async def _run_engine(host, settled: asyncio.Event) -> None:
+    """Load the model at once (while a request is still being spoken), then keep the engine alive."""
     from robot.engine_host import EngineUnavailable
 
     try:
         await host.get()
     except EngineUnavailable as e:
         log.error("engine: %s", e)
+    finally:
+        settled.set()
+    await host.supervise()
+
+
+MIC_SETTLE_S = 30.0  # READY waits this long for the microphone to open or fail
+
+
+async def _announce_ready(robot, notifier, engine_settled: asyncio.Event) -> None:
+    """READY=1 once the robot can answer a child: the engine loaded (or known unavailable: canned stories) and
+    the microphone listening (or known missing)."""
+    await engine_settled.wait()
+    deadline = time.monotonic() + MIC_SETTLE_S
+    while not robot.is_mic_settled and time.monotonic() < deadline:
+        await asyncio.sleep(0.1)
+    notifier.send("READY=1", f"STATUS={robot.status_text}")
+    log.info("ready: %s", robot.status_text)
+    _inject_fault_after_ready()
+
+
+def _inject_fault_after_ready() -> None:
+    """STORYBOT_FAULT=wedge-loop:SECONDS blocks the event loop for good SECONDS after READY: a hang that real
+    parts cannot produce on demand, for the watchdog's test."""
+    fault = os.environ.get("STORYBOT_FAULT", "")
+    if fault.startswith("wedge-loop:"):
+        delay_s = float(fault.split(":", 1)[1])
+        log.warning("fault injection: the event loop will block in %g s", delay_s)
+        asyncio.get_running_loop().call_later(delay_s, lambda: time.sleep(1e9))
+
+
+async def _watchdog(robot, notifier) -> None:
+    """WATCHDOG=1 from the event loop, only while the state owner makes progress: a wedged loop or a handler
+    stuck on one event stops the pings, and systemd restarts the service."""
+    period_s = notifier.watchdog_s
+    if not period_s:
+        return
+    is_stuck = False
+    while True:
+        if robot.is_making_progress(period_s / 2):
+            notifier.send("WATCHDOG=1")
+            is_stuck = False
+        elif not is_stuck:
+            is_stuck = True
+            log.error(
+                "the robot has been handling one event for over %g s; the watchdog is no longer fed", period_s / 2
+            )
+        await asyncio.sleep(period_s / 4)
+
+
+def _memory_plan(config: Config):
+    """(plan, "") or (None, why nothing fits); (None, "") when no plan can be made here (then the config rules)."""
+    from robot.memplan import PlanRefused, plan_from_config
+
+    try:
+        plan = plan_from_config(config)
+    except PlanRefused as e:
+        log.error("memory plan: %s", e)
+        return None, str(e)
+    except (OSError, ValueError) as e:
+        log.warning("memory plan: cannot make one (%s); using the configuration as it is", e)
+        return None, ""
+    for reason in plan.reasons:
+        log.info("memory plan: %s", reason)
+    return plan, ""
+
+
+async def _guard_memory(config: Config, plan, robot, host) -> None:
+    """The runtime memory guard: each level it steps down to is applied here and posted to the robot."""
+    from robot.events import MemoryPressure
+    from robot.guard import Level, PressureGuard, thresholds_for, watch
+
+    guard = PressureGuard(thresholds_for(plan, config.memory))
+    tasks: set[asyncio.Task] = set()
+
+    def apply(event) -> None:
+        log.warning("memory guard: %s", event)
+        robot.post(MemoryPressure(int(event.level), str(event) if event.level else ""))
+        context = plan.short_context_tokens if event.level >= Level.SHORTEN_CONTEXT else plan.context_tokens
+        host.use_context(context)
+        if event.level >= Level.STOP_ENGINE:
+            task = asyncio.create_task(host.hold(f"memory pressure ({event.level.name.lower()})"))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+        else:
+            host.release()
+
+    await watch(guard, apply, config.memory.guard_interval_s)
 
 
 def _on_enter(robot, event) -> None:

@@ -134,6 +134,17 @@ class MemoryConfig:
 
 
 @dataclass(frozen=True)
+class SwapConfig:
+    """Read by storybot-swap.service (python -m robot.swap) before the daemon starts; the daemon only checks it."""
+
+    enabled: bool = _opt(True)
+    kind: str = _opt("auto", choices=("auto", "zram", "file"))  # auto: zram where the kernel has it, else a file
+    size_mb: int = _opt(0, low=0, high=65536)  # 0: zram half the RAM, a swapfile as large as the RAM (<= 1024 MB)
+    path: str = _opt("/var/lib/storybot-swap/swapfile")
+    swappiness: int = _opt(-1, low=-1, high=200)  # -1: 100 with zram, 60 with a swapfile
+
+
+@dataclass(frozen=True)
 class Config:
     audio: AudioConfig = AudioConfig()
     vad: VadConfig = VadConfig()
@@ -143,6 +154,7 @@ class Config:
     story: StoryConfig = StoryConfig()
     safety: SafetyConfig = SafetyConfig()
     button: ButtonConfig = ButtonConfig()
+    swap: SwapConfig = SwapConfig()
     memory: MemoryConfig = MemoryConfig()
 
 

@@ -1,18 +1,30 @@
-"""Keeps the configured engine process available: checks the model, starts the engine, starts it again after it died."""
+"""Keeps the configured engine process available: checks the model before any spawn, starts the engine, and
+starts it again after it died, with capped exponential backoff; a permanent failure (a bad model, a bad command
+line) stops the retries. The engine is llama.cpp (GGUF) or storybot-llama2c (llama2.c checkpoints)."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
+import shutil
 import signal
 import sys
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
 
-from engines.client import EngineClient, EngineError, EngineExited
+from engines.client import EngineClient, EngineError, EngineExited, describe_exit
 from engines.gguf import GgufError, GgufInfo, check_gguf
 from engines.models import ModelError, ensure_default_model
 from robot.config import EngineConfig
 
 log = logging.getLogger(__name__)
+
+RESTART_BACKOFF_S = (1.0, 2.0, 4.0, 8.0, 16.0, 30.0, 60.0)
+HEALTHY_AFTER_S = 60.0  # an engine that lived this long resets the backoff
+MAX_WAIT_IN_STORY_S = 3.0  # a story waits this long for a restart; beyond it, a canned story
 
 
 class EngineUnavailable(RuntimeError):
@@ -24,14 +36,33 @@ class EngineUnavailable(RuntimeError):
 
 
 class EngineHost:
-    def __init__(self, config: EngineConfig) -> None:
+    def __init__(self, config: EngineConfig, *, on_status: Callable[[str], None] = lambda problem: None) -> None:
+        """on_status(problem): called with what keeps the engine from working, "" when it works again."""
         self._config = config
+        self._on_status = on_status
         self._client: EngineClient | None = None
+        self._lock = asyncio.Lock()  # one start at a time: the warm-up, the supervisor and a story may race
+        self._failures = 0
+        self._next_start_at = 0.0
+        self._started_at = 0.0
+        self._permanent: EngineUnavailable | None = None
+        self._held: str = ""  # why the memory guard keeps the engine stopped, "" when it does not
+        self._is_closing = False
+        self._is_restart_pending = False  # the context changed: start the engine again before the next story
         self.model_path: str | None = None
         self.model_info: GgufInfo | None = None
+        self.starts = 0  # engine processes spawned, for the logs and tests
+
+    @property
+    def config(self) -> EngineConfig:
+        return self._config
+
+    # --- the model ------------------------------------------------------------------------------------
 
     def resolve_model(self) -> str:
         """The model file, checked before any engine is spawned for it."""
+        if self._config.backend == "llama2c":
+            return self._resolve_llama2c()
         try:
             path = self._config.model or str(ensure_default_model())
             self.model_info = check_gguf(path)
@@ -43,42 +74,149 @@ class EngineHost:
             raise EngineUnavailable(f"model rejected: {e}", is_permanent=True) from None
         return path
 
+    def _resolve_llama2c(self) -> str:
+        from engines.llama2c_ref import FormatError, check_checkpoint, check_tokenizer
+
+        if not self._config.model:
+            raise EngineUnavailable("engine.backend is llama2c but engine.model names no checkpoint", is_permanent=True)
+        try:
+            info = check_checkpoint(self._config.model)
+            check_tokenizer(self.tokenizer_path(), info.config.vocab_size)
+        except FormatError as e:
+            raise EngineUnavailable(f"model rejected: {e}", is_permanent=True) from None
+        return self._config.model
+
+    def tokenizer_path(self) -> str:
+        return self._config.tokenizer or str(Path(self._config.model).with_name("tokenizer.bin"))
+
     def argv(self, model_path: str) -> list[str]:
         c = self._config
-        return [
-            sys.executable,
-            "-m",
-            "engines.llamacpp_worker",
-            "--model",
-            model_path,
-            "--threads",
-            str(c.threads),
-            "--context",
-            str(c.context_tokens),
-        ]
+        if c.backend == "llama2c":
+            binary = shutil.which("storybot-llama2c") or str(Path(sys.executable).with_name("storybot-llama2c"))
+            return [binary, model_path, "--serve", "-z", self.tokenizer_path(), "-j", str(c.threads),
+                    "--context", str(c.context_tokens)]  # fmt: skip
+        return [sys.executable, "-m", "engines.llamacpp_worker", "--model", model_path,
+                "--threads", str(c.threads), "--context", str(c.context_tokens)]  # fmt: skip
+
+    # --- the process ----------------------------------------------------------------------------------
 
     @property
     def engine_pid(self) -> int | None:
         return self._client.pid if self._client and self._client.is_running else None
 
     async def get(self) -> EngineClient:
-        """A running engine, started (or started again) when needed."""
-        if self._client is not None and self._client.is_running:
-            return self._client
-        if self._client is not None:
-            await self._client.stop(0.5)
-            log.warning("the engine had ended; starting it again")
-        self.model_path = self.model_path or self.resolve_model()
-        client = EngineClient(self.argv(self.model_path), name="llama.cpp")
+        """A running engine, started (or started again, after its backoff) when needed."""
+        if self._permanent is not None:
+            raise self._permanent
+        if self._held:
+            raise EngineUnavailable(self._held, is_permanent=False)
+        async with self._lock:
+            if self._client is not None and self._client.is_running and self._is_restart_pending:
+                client, self._client = self._client, None
+                await client.stop()
+            self._is_restart_pending = False
+            if self._client is not None and self._client.is_running:
+                return self._client
+            if self._client is not None:
+                await self._reap()
+            wait_s = self._next_start_at - time.monotonic()
+            if wait_s > MAX_WAIT_IN_STORY_S:
+                raise EngineUnavailable(f"the engine is starting again in {wait_s:.0f} s", is_permanent=False)
+            if wait_s > 0:
+                await asyncio.sleep(wait_s)
+            return await self._start()
+
+    async def _start(self) -> EngineClient:
+        try:
+            self.model_path = self.model_path or self.resolve_model()
+        except EngineUnavailable as e:
+            self._give_up(e)
+            raise
+        env = {k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")}
+        client = EngineClient(self.argv(self.model_path), name=self._config.backend, env=env)
+        self.starts += 1
         try:
             await client.start(self._config.load_timeout_s)
         except EngineExited as e:
-            raise EngineUnavailable(str(e), is_permanent=e.is_permanent) from None
+            error = EngineUnavailable(str(e), is_permanent=e.is_permanent)
+            self._give_up(error) if e.is_permanent else self._failed(str(e))
+            raise error from None
         except EngineError as e:
+            self._failed(str(e))
             raise EngineUnavailable(str(e), is_permanent=False) from None
         client.chat_template = self.chat_template()
         self._client = client
+        self._started_at = time.monotonic()
+        self._on_status("")
         return client
+
+    async def _reap(self) -> None:
+        """The engine ended by itself: say how, and when it starts again."""
+        client, self._client = self._client, None
+        code = await client.stop(0.5)
+        if time.monotonic() - self._started_at > HEALTHY_AFTER_S:
+            self._failures = 0
+        self._failed(f"the engine {describe_exit(code)}")
+
+    def _failed(self, why: str) -> None:
+        delay_s = RESTART_BACKOFF_S[min(self._failures, len(RESTART_BACKOFF_S) - 1)]
+        self._failures += 1
+        self._next_start_at = time.monotonic() + delay_s
+        log.warning("%s; starting the engine again in %g s (failure %d)", why, delay_s, self._failures)
+        self._on_status(f"engine restarting after: {why}")
+
+    def give_up(self, error: EngineUnavailable) -> None:
+        """No engine for good (a bad model, no model that fits): canned stories, no retries."""
+        self._give_up(error)
+
+    def _give_up(self, error: EngineUnavailable) -> None:
+        self._permanent = error
+        log.error("no engine: %s; not retrying (fix the model or the configuration)", error)
+        self._on_status(f"no engine ({error}); canned stories")
+
+    async def supervise(self) -> None:
+        """Start the engine, and again after it dies (with backoff), so that a story finds it warm. Runs until
+        cancelled; stops trying after a permanent failure."""
+        while self._permanent is None and not self._is_closing:
+            client = self._client if self._client is not None and self._client.is_running else None
+            if client is None and not self._held:
+                try:
+                    client = await self.get()
+                except EngineUnavailable:
+                    await asyncio.sleep(max(0.5, self._next_start_at - time.monotonic()))
+                    continue
+            if client is None:
+                await asyncio.sleep(1.0)
+                continue
+            await client.wait_exit()
+            if self._is_closing:
+                return
+            async with self._lock:
+                if self._client is client:
+                    await self._reap()
+
+    # --- what the memory guard asks -------------------------------------------------------------------
+
+    async def hold(self, why: str) -> None:
+        """Stop the engine and keep it stopped (memory pressure) until release()."""
+        self._held = why
+        self._on_status(f"engine stopped: {why}")
+        async with self._lock:
+            if self._client is not None:
+                await self._client.stop()
+                self._client = None
+
+    def release(self) -> None:
+        if self._held:
+            self._held = ""
+            self._on_status("")
+
+    def use_context(self, context_tokens: int) -> None:
+        """A shorter (or again the planned) context: the engine is started again with it before the next story."""
+        if context_tokens != self._config.context_tokens:
+            log.info("engine context %d -> %d tokens from the next story", self._config.context_tokens, context_tokens)
+            self._config = replace(self._config, context_tokens=context_tokens)
+            self._is_restart_pending = True
 
     def chat_template(self) -> str:
         """The template to wrap prompts in: the model's own for instruct models, "" for completion."""
@@ -99,6 +237,7 @@ class EngineHost:
                 pass
 
     async def close(self) -> None:
+        self._is_closing = True
         if self._client is not None:
             await self._client.stop()
             self._client = None

@@ -95,6 +95,28 @@ class ListenerFailed:
 
 
 @dataclass(frozen=True)
+class ListenerReady:
+    """The microphone is open (again)."""
+
+    device: str
+
+
+@dataclass(frozen=True)
+class EngineStatus:
+    """What keeps the engine from working ("" when it works)."""
+
+    problem: str
+
+
+@dataclass(frozen=True)
+class MemoryPressure:
+    """The memory guard changed level (robot.guard.Level: 0 ok ... 5 canned stories only)."""
+
+    level: int
+    description: str
+
+
+@dataclass(frozen=True)
 class ShutdownRequested:
     reason: str
 
@@ -111,5 +133,8 @@ Event = (
     | StoryAudible
     | StoryEnded
     | ListenerFailed
+    | ListenerReady
+    | EngineStatus
+    | MemoryPressure
     | ShutdownRequested
 )

@@ -18,7 +18,15 @@ from audio.asr import AsrError, Recognizer
 from audio.capture import Microphone, MicStalled
 from audio.devices import DeviceError
 from audio.vad import EnergyVad, VadEvent, VadSettings
-from robot.events import CommandHeard, Event, ListenerFailed, SpeechStarted, TranscriptFinal, TranscriptPartial
+from robot.events import (
+    CommandHeard,
+    Event,
+    ListenerFailed,
+    ListenerReady,
+    SpeechStarted,
+    TranscriptFinal,
+    TranscriptPartial,
+)
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +78,7 @@ class Listener:
             try:
                 mic.open()
                 log.info("listening on %s", mic.device_description)
+                self._post(ListenerReady(mic.device_description))
                 failures = 0
                 await self._listen(mic, recognizer)
             except (DeviceError, MicStalled) as e:

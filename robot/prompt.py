@@ -168,6 +168,7 @@ class Phrases:
     closing: str  # after a story that was cut off
     resume_bridge: str  # before a resumed story
     apology: str  # before a canned story, when the engine failed
+    lost: str  # when the engine failed in the middle of a story; the story is kept, to be continued
 
 
 PHRASES = {
@@ -175,11 +176,13 @@ PHRASES = {
         closing="And that is the end of the story.",
         resume_bridge="Let's go on with the story.",
         apology="Oh, my story book closed by itself. Let me tell you a story I know by heart.",
+        lost="Oh dear, I lost my place in the story. Ask me to go on, and I will.",
     ),
     "ko": Phrases(
         closing="이렇게 이야기는 끝났답니다.",
         resume_bridge="이야기를 계속할게요.",
         apology="이야기책이 저절로 닫혀 버렸네요. 내가 외우고 있는 이야기를 들려줄게요.",
+        lost="어머, 이야기를 어디까지 했는지 잊어버렸어요. 계속해 달라고 하면 이어서 들려줄게요.",
     ),
 }
 

@@ -21,8 +21,11 @@ from robot.events import (
     ButtonPressed,
     ButtonReleased,
     CommandHeard,
+    EngineStatus,
     Event,
     ListenerFailed,
+    ListenerReady,
+    MemoryPressure,
     ShutdownRequested,
     Source,
     SpeechStarted,
@@ -42,6 +45,7 @@ log = logging.getLogger(__name__)
 
 EVENT_QUEUE_SIZE = 64
 CONTINUE = "continue the story"  # what a long press asks for, in any language
+MEMORY_LEVEL_CANCEL = 3  # robot.guard.Level.CANCEL: a story being told is stopped
 
 
 class Mode(enum.Enum):
@@ -95,6 +99,10 @@ class Robot:
         self.settings = settings or RuntimeSettings(config.audio.volume)
         self._save_settings = save_settings
         self._recently_said: collections.deque[str] = collections.deque(maxlen=2)  # for telling echo from a child
+        self.problems: dict[str, str] = {}  # what is degraded: "microphone", "engine", "memory" -> why
+        self.on_status: list[Callable[[], None]] = []  # called when the state or a problem changes
+        self._handling_since: float | None = None  # when the state owner took the event it is handling
+        self.is_mic_settled = mode is Mode.TELL  # the microphone opened, or failed once (for READY)
 
     # --- what other tasks may call ------------------------------------------------------------------
 
@@ -119,15 +127,41 @@ class Robot:
 
     # --- the state owner ----------------------------------------------------------------------------
 
+    def is_making_progress(self, limit_s: float) -> bool:
+        """False when the state owner has been stuck in one event for limit_s (the watchdog then stays quiet)."""
+        since = self._handling_since
+        return since is None or time.monotonic() - since < limit_s
+
+    @property
+    def status_text(self) -> str:
+        """One line for systemd's STATUS: the state, and what is degraded and why."""
+        text = self.state.value
+        if self.problems:
+            text += "; degraded: " + "; ".join(f"{what}: {why}" for what, why in sorted(self.problems.items()))
+        return text
+
+    def _set_problem(self, what: str, why: str) -> None:
+        if why and self.problems.get(what) != why:
+            self.problems[what] = why
+        elif not why and what in self.problems:
+            del self.problems[what]
+        else:
+            return
+        for hook in self.on_status:
+            hook()
+
     async def run(self) -> int:
         while self.state is not State.STOPPING:
             event = await self._events.get()
+            self._handling_since = time.monotonic()
             try:
                 await self._handle(event)
             except Exception:  # a bug in one handler must not take the robot down
                 log.exception("handling %s failed; back to idle", type(event).__name__)
                 await self._stop_story()
                 self._set_state(State.IDLE)
+            finally:
+                self._handling_since = None
         await self._stop_story()
         return self.exit_code
 
@@ -191,7 +225,20 @@ class Robot:
                 self._print_timings(result)
             case StoryEnded(result=result):
                 self._finish_story(result)
+            case ListenerReady():
+                self.is_mic_settled = True
+                self._set_problem("microphone", "")
+            case EngineStatus(problem=problem):
+                self._set_problem("engine", problem)
+            case MemoryPressure(level=level, description=description):
+                self._set_problem("memory", description if level else "")
+                if level >= MEMORY_LEVEL_CANCEL and self.state in (State.THINKING, State.SPEAKING):
+                    log.warning("memory pressure: stopping the story")
+                    await self._stop_story()
+                    self._set_state(State.IDLE)
             case ListenerFailed(message=message):
+                self.is_mic_settled = True
+                self._set_problem("microphone", message)
                 print(f"storybot: microphone: {message}", file=self._diag, flush=True)
                 if self.mode is Mode.LISTEN:
                     self.exit_code = 69  # EX_UNAVAILABLE: nothing to listen with
@@ -254,6 +301,8 @@ class Robot:
             self.state = state
             for hook in self.on_state_change:
                 hook(state)
+            for status_hook in self.on_status:
+                status_hook()
 
     # --- stories ------------------------------------------------------------------------------------
 

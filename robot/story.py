@@ -31,6 +31,8 @@ from robot.sentences import SentenceSplitter
 
 log = logging.getLogger(__name__)
 
+UNFINISHED = ("", False)  # sent down the pipeline instead of None when the story broke off and is to be continued
+
 CLOSING_SENTENCE = PHRASES["en"].closing
 RESUME_BRIDGE = PHRASES["en"].resume_bridge
 CHARS_PER_TOKEN = 3  # a cautious average for English prose, used to fit prompts into the context
@@ -173,6 +175,13 @@ class StoryTeller:
         except EngineError as e:
             log.error("story generation failed: %s", e)
             result.outcome = f"engine failed: {e}"
+            result.timings.generation_done_at = time.monotonic()
+            for sentence in splitter.flush():  # whole sentences already generated are still told
+                if sentence[-1] in ".!?\"”'…":
+                    await out.put((sentence, True))
+            await out.put((PHRASES[plan.prompt.language].lost, False))
+            await out.put(UNFINISHED)
+            return
         result.timings.generation_done_at = time.monotonic()
         for sentence in self._ending(splitter, result.engine_reason, PHRASES[plan.prompt.language].closing):
             await out.put((sentence, True))
@@ -255,6 +264,9 @@ class StoryTeller:
 
     async def _synthesize(self, sentences: asyncio.Queue, out: asyncio.Queue, result: StoryResult) -> None:
         while (item := await sentences.get()) is not None:
+            if item is UNFINISHED:
+                await out.put(UNFINISHED)
+                return
             sentence, is_story = item
             safe = self._safety(sentence)
             if safe is None:
@@ -282,6 +294,9 @@ class StoryTeller:
         sink = await opening_sink
         log.debug("speaker open")
         while (item := await speech.get()) is not None:
+            if item is UNFINISHED:  # the story broke off: kept as it is, to be continued
+                result.timings.speech_done_at = time.monotonic()
+                return
             sentence, is_story, audio = item
             self._on_sentence(len(result.sentences), sentence)
             result.sentences.append(sentence)
