@@ -10,9 +10,10 @@ want_tests=0
 apt_pkgs=(espeak-ng flite libportaudio2 libasound2-plugins alsa-utils cmake build-essential
           pkg-config libsystemd-dev)
 python3 -c "import ensurepip, venv" 2>/dev/null || apt_pkgs+=(python3-venv python3-dev)
-# tests: the virtual sound room; the RISC-V cross toolchain and emulator for the llama2c engine's RVV build
+# tests: the virtual sound room; the RISC-V cross toolchain and emulator for the llama2c engine's RVV build;
+# systemd-analyze for the unit files, zram/swap tools, faketime for wall-clock jumps
 [ "$want_tests" = 1 ] && apt_pkgs+=(pulseaudio pulseaudio-utils sox clang-19 gcc-riscv64-linux-gnu
-                                    libc6-dev-riscv64-cross qemu-user)
+                                    libc6-dev-riscv64-cross qemu-user systemd kmod util-linux faketime procps)
 
 missing=()
 for p in "${apt_pkgs[@]}"; do
