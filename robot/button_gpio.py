@@ -221,7 +221,7 @@ class GpioButton:
         deadline = self._presses.next_deadline()
         if deadline is None:
             return _WAIT_S
-        return _WAIT_S
+        return min(_WAIT_S, max(0.0, deadline - time.monotonic()))
 
     def _dispatch(self, events: list[ButtonEvent]) -> None:
         for event in events:
