@@ -207,7 +207,8 @@ async def run_robot(config: Config, args: argparse.Namespace) -> int:
         engine_config = dataclasses.replace(
             config.engine, backend=plan.backend, model=plan.model_path, context_tokens=plan.context_tokens
         )
-    host = EngineHost(engine_config, on_status=lambda problem: robot.post(EngineStatus(problem)))
+    engine_problems: list[str] = []  # until the robot exists to hear about them
+    host = EngineHost(engine_config, on_status=engine_problems.append)
     if refusal:
         host.give_up(EngineUnavailable(f"no model fits in memory: {refusal}", is_permanent=True))
     wav = getattr(args, "wav", None)
@@ -227,6 +228,9 @@ async def run_robot(config: Config, args: argparse.Namespace) -> int:
         story_out=sys.stdout,
         diag_out=sys.stderr,
     )
+    for problem in engine_problems:
+        robot.post(EngineStatus(problem))
+    host.on_status = lambda problem: robot.post(EngineStatus(problem))
     loop = asyncio.get_running_loop()
 
     def on_signal(sig: signal.Signals) -> None:
@@ -470,10 +474,13 @@ async def _watchdog(robot, notifier) -> None:
 
 def _memory_plan(config: Config):
     """(plan, "") or (None, why nothing fits); (None, "") when no plan can be made here (then the config rules)."""
-    from robot.memplan import PlanRefused, plan_from_config
+    from robot.memplan import NoModelToPlan, PlanRefused, plan_from_config
 
     try:
         plan = plan_from_config(config)
+    except NoModelToPlan as e:  # the engine host checks the model again and says what is wrong with it
+        log.warning("memory plan: %s", e)
+        return None, ""
     except PlanRefused as e:
         log.error("memory plan: %s", e)
         return None, str(e)

@@ -39,7 +39,7 @@ class EngineHost:
     def __init__(self, config: EngineConfig, *, on_status: Callable[[str], None] = lambda problem: None) -> None:
         """on_status(problem): called with what keeps the engine from working, "" when it works again."""
         self._config = config
-        self._on_status = on_status
+        self.on_status = on_status
         self._client: EngineClient | None = None
         self._lock = asyncio.Lock()  # one start at a time: the warm-up, the supervisor and a story may race
         self._failures = 0
@@ -147,7 +147,7 @@ class EngineHost:
         client.chat_template = self.chat_template()
         self._client = client
         self._started_at = time.monotonic()
-        self._on_status("")
+        self.on_status("")
         return client
 
     async def _reap(self) -> None:
@@ -163,7 +163,7 @@ class EngineHost:
         self._failures += 1
         self._next_start_at = time.monotonic() + delay_s
         log.warning("%s; starting the engine again in %g s (failure %d)", why, delay_s, self._failures)
-        self._on_status(f"engine restarting after: {why}")
+        self.on_status(f"engine restarting after: {why}")
 
     def give_up(self, error: EngineUnavailable) -> None:
         """No engine for good (a bad model, no model that fits): canned stories, no retries."""
@@ -172,7 +172,7 @@ class EngineHost:
     def _give_up(self, error: EngineUnavailable) -> None:
         self._permanent = error
         log.error("no engine: %s; not retrying (fix the model or the configuration)", error)
-        self._on_status(f"no engine ({error}); canned stories")
+        self.on_status(f"no engine ({error}); canned stories")
 
     async def supervise(self) -> None:
         """Start the engine, and again after it dies (with backoff), so that a story finds it warm. Runs until
@@ -200,7 +200,7 @@ class EngineHost:
     async def hold(self, why: str) -> None:
         """Stop the engine and keep it stopped (memory pressure) until release()."""
         self._held = why
-        self._on_status(f"engine stopped: {why}")
+        self.on_status(f"engine stopped: {why}")
         async with self._lock:
             if self._client is not None:
                 await self._client.stop()
@@ -209,7 +209,7 @@ class EngineHost:
     def release(self) -> None:
         if self._held:
             self._held = ""
-            self._on_status("")
+            self.on_status("")
 
     def use_context(self, context_tokens: int) -> None:
         """A shorter (or again the planned) context: the engine is started again with it before the next story."""

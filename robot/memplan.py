@@ -77,6 +77,10 @@ class PlanRefused(RuntimeError):
         self.reasons = reasons
 
 
+class NoModelToPlan(PlanRefused):
+    """No configured model file could be read: the model is the problem, not the memory."""
+
+
 class ModelFileError(ValueError):
     """A model file whose header cannot be read as GGUF or as a llama2.c checkpoint."""
 
@@ -546,7 +550,7 @@ def reserve_for(machine: MachineMemory, reserve_bytes: int = 0) -> int:
 def plan_memory(machine: MachineMemory, candidates: list[ModelShape], settings: PlanSettings) -> MemoryPlan:
     """The first candidate that fits, at the longest context that fits; PlanRefused when none does."""
     if not candidates:
-        raise PlanRefused("no model to plan for", ())
+        raise NoModelToPlan("no model to plan for", ())
     room, room_why = machine.room_bytes()
     reserve = reserve_for(machine, settings.reserve_bytes)
     usable = room - reserve
@@ -873,7 +877,7 @@ def plan_from_config(config, machine: MachineMemory | None = None) -> MemoryPlan
     try:
         plan = plan_memory(machine, shapes, settings_from_config(config))
     except PlanRefused as e:
-        raise PlanRefused("; ".join([str(e), *problems]), tuple(problems) + e.reasons) from None
+        raise type(e)("; ".join([str(e), *problems]), tuple(problems) + e.reasons) from None
     return replace(plan, reasons=tuple(problems) + plan.reasons)
 
 
