@@ -259,7 +259,7 @@ async def run_robot(config: Config, args: argparse.Namespace) -> int:
             earcon = _Earcon(config, listener)
             robot.on_listen_requested = earcon.play
         helpers.append(asyncio.create_task(listener.run(), name="listener"))
-        button = _start_serial_button(config, robot, loop)
+        button = _start_serial_button(config, robot, loop) or _start_gpio_button(config, robot, loop)
         if mode is Mode.DAEMON and sys.stdin.isatty():
             loop.add_reader(sys.stdin.fileno(), _on_enter, robot, ButtonPressed(Source.BUTTON))
         print("storybot: listening; ask for a story", file=sys.stderr, flush=True)
@@ -366,6 +366,32 @@ def _start_serial_button(config: Config, robot, loop: asyncio.AbstractEventLoop)
     )
     robot.on_state_change.append(lambda state: button.set_led(LED_FOR_STATE[state.value]))
     button.set_led("idle")
+    button.start()
+    return button
+
+
+def _start_gpio_button(config: Config, robot, loop: asyncio.AbstractEventLoop):
+    """The push button on a GPIO pin, when one is configured: its events go to the robot (it has no LED)."""
+    if not config.button.gpio_chip:
+        return None
+    try:
+        from robot.button_gpio import GpioButton
+    except ImportError as e:  # gpiod is the optional [gpio] extra
+        log.error("button: no GPIO button: %s (pip install 'storybot[gpio]')", e)
+        return None
+    from robot.events import ButtonLongPressed, ButtonPressed, ButtonReleased, Source
+
+    kinds = {"press": ButtonPressed, "release": ButtonReleased, "long_press": ButtonLongPressed}
+    line = int(config.button.gpio_line) if config.button.gpio_line.isdigit() else config.button.gpio_line
+    button = GpioButton(
+        config.button.gpio_chip,
+        line,
+        lambda event: loop.call_soon_threadsafe(robot.post, kinds[event.kind](Source.BUTTON)),
+        active_low=config.button.gpio_active_low,
+        long_press_ms=config.button.long_press_ms,
+        debounce_ms=config.button.debounce_ms,
+        on_status=lambda message: log.warning("button: %s", message),
+    )
     button.start()
     return button
 

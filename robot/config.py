@@ -107,6 +107,9 @@ class ButtonConfig:
     long_press_ms: int = _opt(1000, low=200, high=10000)
     debounce_ms: int = _opt(30, low=0, high=500)
     earcon: bool = _opt(True)  # a short chime when the robot starts listening
+    gpio_chip: str = _opt("")  # a button on a GPIO pin: its chip, e.g. /dev/gpiochip0; "" for none
+    gpio_line: str = _opt("")  # the pin: a line name ("GPIO17") or an offset ("17")
+    gpio_active_low: bool = _opt(True)  # true: button to ground with the pull-up; false: to 3.3 V, pull-down
 
 
 @dataclass(frozen=True)
@@ -282,6 +285,12 @@ def check_semantics(config: Config) -> None:
         raise ConfigError(f"asr.pocketsphinx_search: {search!r} is neither story-requests, general nor a JSGF file")
     if config.engine.model and not Path(config.engine.model).is_file():
         raise ConfigError(f"engine.model: {config.engine.model}: no such file")
+    if config.engine.backend == "llama2c" and not config.engine.model:
+        raise ConfigError('engine.model: required when engine.backend = "llama2c" (a llama2.c checkpoint)')
+    if config.button.gpio_chip and not config.button.gpio_line:
+        raise ConfigError("button.gpio_line: required when button.gpio_chip is set (a line name or offset)")
+    if config.button.gpio_chip and config.button.serial_port:
+        raise ConfigError("button.gpio_chip and button.serial_port are both set: storybot has one button")
     if config.story.language != "en" and config.tts.backend == "flite":
         raise ConfigError(
             f'story.language = {config.story.language!r} needs tts.backend = "pyttsx3" (flite speaks English only)'

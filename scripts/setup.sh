@@ -32,7 +32,7 @@ if [ ! -x .venv/bin/python ]; then
     python3 -m venv .venv
 fi
 
-extras="llama,systemd"
+extras="llama,systemd,gpio"
 [ "$want_tests" = 1 ] && extras="$extras,test"
 stamp=".venv/.storybot-installed-$extras"
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
