@@ -1,0 +1,54 @@
+"""The soak (scripts/soak.py): 50 stories through the button board with seeded faults, then leak checks."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.soundroom
+def test_fifty_stories_with_faults_leak_nothing(sound_room, default_model, tmp_path):
+    out = tmp_path / "soak.json"
+    try:
+        proc = subprocess.run(
+            [
+                sys.executable,
+                str(ROOT / "scripts" / "soak.py"),
+                "--stories",
+                "50",
+                "--seed",
+                "1",
+                "--max-tokens",
+                "24",
+                "--json",
+                str(out),
+                "--state-dir",
+                str(tmp_path / "run"),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=480,
+            cwd=str(ROOT),
+            stdin=subprocess.DEVNULL,
+        )
+    except subprocess.TimeoutExpired as e:
+        pytest.fail(f"the soak took over 8 minutes; output so far: {(e.stdout or b'')[-3000:]!r}")
+    assert out.exists(), f"no summary (exit {proc.returncode}): {proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    s = json.loads(out.read_text())
+    where = f"summary: {json.dumps(s)}\nstderr tail: {proc.stderr[-3000:]}"
+    assert s["told"] == 50, where
+    assert s["daemon_pid_unchanged"], where
+    assert s["failed_stories"] == [], where
+    assert len(s["children"]) <= 2, where
+    assert all("llamacpp_worker" in c or "pyttsx3_worker" in c for c in s["children"]), where
+    assert abs(s["fd_drift"]) <= 2, where
+    assert s["rss_growth_kb"] < 5 * 1024, where
+    assert s["tracebacks"] == 0, where
+    assert sum(n for f, n in s["faults"].items() if f != "none") >= 15, where  # the faults really happened
+    assert proc.returncode == 0, where
