@@ -16,15 +16,22 @@ void die(int status, const char *fmt, ...) {
     exit(status);
 }
 
+/* The file being loaded, named by an out-of-memory message; NULL once loading is over. */
+const char *loading_path = NULL;
+
 void *xmalloc(size_t bytes, const char *what) {
     void *p = malloc(bytes ? bytes : 1);
-    if (!p) die(EXIT_NO_MEMORY, "out of memory allocating %zu bytes for %s", bytes, what);
+    if (!p)
+        die(EXIT_NO_MEMORY, "%s%sout of memory allocating %zu bytes for %s", loading_path ? loading_path : "",
+            loading_path ? ": " : "", bytes, what);
     return p;
 }
 
 void *xcalloc(size_t count, size_t size, const char *what) {
     void *p = calloc(count ? count : 1, size ? size : 1);
-    if (!p) die(EXIT_NO_MEMORY, "out of memory allocating %zu x %zu bytes for %s", count, size, what);
+    if (!p)
+        die(EXIT_NO_MEMORY, "%s%sout of memory allocating %zu x %zu bytes for %s", loading_path ? loading_path : "",
+            loading_path ? ": " : "", count, size, what);
     return p;
 }
 

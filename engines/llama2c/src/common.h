@@ -24,6 +24,7 @@ enum {
 _Noreturn void die(int status, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
 /* malloc/calloc that exit 71 naming what could not be allocated. */
+extern const char *loading_path; /* set while a checkpoint or tokenizer is loaded, for OOM messages */
 void *xmalloc(size_t bytes, const char *what);
 void *xcalloc(size_t count, size_t size, const char *what);
 

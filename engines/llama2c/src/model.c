@@ -296,6 +296,7 @@ static void assign_all(Assigner *a) {
 void build_model(Model *m, const char *path, LoadMode mode) {
     memset(m, 0, sizeof *m);
     m->path = path;
+    loading_path = path;
     int fd = open(path, O_RDONLY);
     if (fd < 0) die(EXIT_MISSING, "%s: cannot open: %s", path, strerror(errno));
     struct stat st;

@@ -44,6 +44,7 @@ static unsigned char *slurp(const char *path, size_t *size) {
 
 void build_tokenizer(Tokenizer *t, const char *path, int vocab_size) {
     memset(t, 0, sizeof *t);
+    loading_path = path;
     size_t size;
     unsigned char *buf = slurp(path, &size);
     if (size < 4) die(EXIT_TOKENIZER_BAD, "%s: tokenizer truncated: %zu bytes, no max_token_length", path, size);
@@ -98,6 +99,7 @@ void build_tokenizer(Tokenizer *t, const char *path, int vocab_size) {
         t->byte_pieces[2 * i] = (char)i;
         t->byte_pieces[2 * i + 1] = '\0';
     }
+    loading_path = NULL;
 }
 
 void free_tokenizer(Tokenizer *t) {
