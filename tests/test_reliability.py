@@ -204,6 +204,18 @@ def tell_a_story(f: Findings, robot: RobotProcess, board: ButtonBoard, what: str
     return [line for _, line in robot.out_lines("", since)]
 
 
+def hear_a_story(f: Findings, robot: RobotProcess, board: ButtonBoard, what: str, sentences: int = 3) -> list[str]:
+    """A long press, `sentences` sentences of the story, then a short press to stop it (keeps the tests short)."""
+    since = long_press(board)
+    got = f.wait(what, robot.wait_until, lambda: len(robot.out_lines("", since)) >= sentences or None, 60, what)
+    if got is None:
+        return [line for _, line in robot.out_lines("", since)]
+    told = [line for _, line in robot.out_lines("", since)]
+    stop = short_press(board)
+    f.wait(f"{what}: stopped by a press", robot.wait_err, "-> idle", 10, stop)
+    return told
+
+
 # --- notify basics, and row 8: SIGTERM while speaking ----------------------------------------------------
 
 
@@ -310,8 +322,8 @@ def test_engine_killed_mid_story_is_decoded_apologised_for_and_restarted(launch)
     f.wait("restart with backoff", robot.wait_err, "starting the engine again in", 10, killed_at)
     new_engine = f.wait("a new engine", engine_started_after, robot, engine, 30)
     time.sleep(1.0)
-    told = tell_a_story(f, robot, board, "the next story")
-    f.check(len(told) >= 2 and APOLOGY not in told, f"the next story after the restart: {told}")
+    told = hear_a_story(f, robot, board, "the next story")
+    f.check(len(told) >= 3 and APOLOGY not in told, f"the next story after the restart: {told}")
     f.check(any("llama.cpp ready" in line for _, line in robot.err_lines("ready", killed_at)), "no engine ready again")
     f.check(robot.alive() and robot.pid == daemon, "the daemon did not survive its engine")
     f.check(new_engine is not None and new_engine != engine, f"engine pid {engine} -> {new_engine}")
@@ -542,11 +554,17 @@ def test_an_unusable_model_is_refused_once_before_any_spawn_and_canned_stories_a
         f.check("degraded" in status, f"STATUS after READY {status!r}, expected 'degraded' and why")
         f.check("engine" in status or "model" in status, f"STATUS {status!r} does not say the engine/model is why")
         time.sleep(2.0)
-        told = tell_a_story(f, robot, board, "a canned story", 40)
-        f.check(bool(told) and set(told) <= canned_sentences(), f"{kind}: told {told}, expected a canned story")
-        time.sleep(2.0)
-        lines = [line for line in robot.stderr if named in line]
-        f.check(len(lines) == 1, f"{len(lines)} log lines name {named}, expected exactly one: {lines}")
+        told = hear_a_story(f, robot, board, "a canned story", 4)
+        canned = canned_sentences()
+        f.check(sum(s in canned for s in told) >= 3, f"{kind}: told {told}, expected a canned story")
+        f.check(
+            bool(told) and told[0] in canned,
+            f"{kind}: known to have no engine since boot, the robot still began a model story and broke it off: "
+            f"{told[:2]}",
+        )
+        time.sleep(1.0)
+        lines = [line for line in robot.stderr if named in line and (" WARNING " in line or " ERROR " in line)]
+        f.check(len(lines) == 1, f"{len(lines)} warning/error lines name {named}, expected exactly one: {lines}")
         f.check(
             any(any(r.lower() in line.lower() for r in reasons) for line in lines),
             f"the log line does not give the reason (one of {reasons}): {lines}",
@@ -613,6 +631,7 @@ def test_the_speaker_lost_mid_story_ends_playback_fast_and_keeps_the_story(launc
     module = _speaker_module()
     assert module is not None, "no speaker sink module"
     lost_at = time.monotonic()
+    printed = len(robot.out_lines("", since))
     assert _pactl("unload-module", module).returncode == 0
     idle = f.wait("back to idle", robot.wait_err, "speaking -> idle", 10, lost_at)
     f.check(idle is None or idle - lost_at < 5.0, "SPEAKING lasted long after the speaker was lost")
@@ -622,14 +641,17 @@ def test_the_speaker_lost_mid_story_ends_playback_fast_and_keeps_the_story(launc
     story = tmp_path / "state" / "story.json"
     if f.check(story.exists(), "no story.json after the speaker was lost"):
         saved = json.loads(story.read_text())
-        f.check(not saved["is_finished"] and len(saved["sentences"]) >= 2, f"story position not kept: {saved}")
+        f.check(
+            not saved["is_finished"] and len(saved["sentences"]) >= max(1, printed - 1),
+            f"story position not kept: {printed} sentences begun before the loss, story.json has {saved}",
+        )
     f.check(robot.alive(), "the daemon died with the speaker")
     assert _pactl("load-module", "module-null-sink", "sink_name=speaker").returncode == 0
     time.sleep(1.0)
     recorder = Recorder()
     try:
-        told = tell_a_story(f, robot, board, "a story once the speaker is back", 90)
-        f.check(len(told) >= 2, f"after the speaker came back: {told}")
+        told = hear_a_story(f, robot, board, "a story once the speaker is back")
+        f.check(len(told) >= 3, f"after the speaker came back: {told}")
         f.check(recorder.speech_seconds() > 1.0, "nothing heard on the speaker after it came back")
     finally:
         recorder.stop()
@@ -691,13 +713,14 @@ def state_mount(tmp_path, stack):
         elif kind == "full":
             subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(state)], check=True, timeout=10)
             stack.callback(subprocess.run, ["umount", "-l", str(state)], timeout=10)
-            with open(state / "filler", "wb") as filler:
-                try:
-                    while True:
-                        filler.write(b"\0" * 4096)
-                        filler.flush()
-                except OSError:
+            fd = os.open(state / "filler", os.O_WRONLY | os.O_CREAT)
+            try:
+                while os.write(fd, b"\0" * 4096):
                     pass
+            except OSError:
+                pass
+            finally:
+                os.close(fd)
         return state
 
     try:
@@ -722,8 +745,8 @@ def test_stories_are_told_when_the_state_cannot_be_written_and_the_failure_is_lo
     robot, notify, board = launch("engine.max_tokens=24", "engine.seed=2", state=state)
     wait_ready(f, robot, notify)
     for n in (1, 2):
-        told = tell_a_story(f, robot, board, f"story {n}")
-        f.check(len(told) >= 2, f"story {n} with a {kind} state dir: {told}")
+        told = hear_a_story(f, robot, board, f"story {n}")
+        f.check(len(told) >= 3, f"story {n} with a {kind} state dir: {told}")
     failures = [line for line in robot.stderr if error in line]
     f.check(len(failures) == 1, f"{len(failures)} log lines with {error!r} over two stories, expected one: {failures}")
     f.check(not any("Traceback" in line for line in robot.stderr), "a traceback in the log")
@@ -858,7 +881,7 @@ def test_the_robot_takes_an_odd_transcript_without_crashing(tmp_path, kind):
 def test_a_hung_tts_worker_is_killed_after_its_timeout_and_the_story_goes_on(launch):
     f = Findings()
     robot, notify, board = launch(
-        "engine.max_tokens=300",
+        "engine.max_tokens=120",
         "engine.seed=6",
         "tts.backend=pyttsx3",
         "tts.timeout_base_s=1.5",
@@ -872,12 +895,15 @@ def test_a_hung_tts_worker_is_killed_after_its_timeout_and_the_story_goes_on(lau
     assert worker is not None, f"no TTS worker among {[(p, cmdline(p)[:80]) for p in robot.children()]}"
     hung_at = time.monotonic()
     os.kill(worker, signal.SIGSTOP)
-    # the longest sentence is 300 chars: 1.5 + 0.02 x 300 + 2 (the worker's first load) = 9.5 s
-    f.wait("the hung worker killed", robot.wait_until, lambda: is_gone(worker), 12, "worker gone")
-    f.wait("a timeout logged", robot.wait_err, "no speech after", 12, hung_at)
-    printed = len(robot.out_lines("", since))
-    f.wait("the story goes on", robot.wait_until, lambda: len(robot.out_lines("", since)) > printed, 30, "more")
-    f.wait("the story ends", robot.wait_err, "speaking -> idle", 90, hung_at)
+    # synthesis runs ahead of playback: the hung request may be sent only once the queued sentences have played
+    # (up to story.queue_sentences x ~8 s), then 1.5 + 0.02 x 300 + 2 = 9.5 s at most for one sentence
+    timed_out = f.wait("a timeout logged", robot.wait_err, "no speech after", 60, hung_at)
+    f.wait("the hung worker killed", robot.wait_until, lambda: is_gone(worker), 5, "worker gone")
+    if timed_out is not None:
+        printed = len(robot.out_lines("", timed_out))
+        f.wait("the story goes on", robot.wait_until, lambda: len(robot.out_lines("", timed_out)) > printed, 30, "more")
+    stop = short_press(board)
+    f.wait("stopped by a press", robot.wait_err, "-> idle", 10, stop)
     check_watchdog(f, notify, hung_at, time.monotonic(), "while the TTS hung")
     f.check(robot.alive(), "the daemon died")
     robot.stop()
@@ -888,33 +914,49 @@ def test_a_hung_tts_worker_is_killed_after_its_timeout_and_the_story_goes_on(lau
 
 
 @pytest.mark.soundroom
-def test_a_wall_clock_running_fifty_times_too_fast_does_not_fire_deadlines(launch):
-    """libfaketime (Debian package faketime) with DONT_FAKE_MONOTONIC=1: only CLOCK_REALTIME runs 50x fast (it
-    would also fake CLOCK_MONOTONIC without that variable). Every deadline must use the monotonic clock."""
+def test_wall_clock_steps_forward_and_back_mid_story_do_not_fire_deadlines(launch, tmp_path):
+    """An NTP step on a board with no RTC: libfaketime (Debian package faketime) reads its offset from a file we
+    rewrite mid-story (+1 day, then -2 hours). DONT_FAKE_MONOTONIC=1 keeps CLOCK_MONOTONIC real (without it
+    libfaketime moves the monotonic clock too). A speed-up factor ("x50") is not used: it also scales every
+    CLOCK_REALTIME wait inside libpulse/ALSA, whose playback then stalls for reasons that are not the daemon's.
+    Caveat of libfaketime 0.9.10 with DONT_FAKE_MONOTONIC=1: clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME),
+    hence Python's time.sleep(), fails with EINVAL (test_faketime_is_usable_here records it)."""
     need(Path(FAKETIME_LIB).exists(), "libfaketime is not installed (Debian package faketime)")
     f = Findings()
+    spec = tmp_path / "faketime.spec"
+    spec.write_text("+0\n")
     robot, notify, board = launch(
-        "engine.max_tokens=60",
+        "engine.max_tokens=120",
         "engine.seed=5",
         "engine.first_token_timeout_s=3",
         "engine.token_timeout_s=3",
         "tts.timeout_base_s=2",
         "tts.timeout_per_char_s=0.02",
-        env={"LD_PRELOAD": FAKETIME_LIB, "FAKETIME": "@2026-01-01 00:00:00 x50", "DONT_FAKE_MONOTONIC": "1"},
+        env={
+            "LD_PRELOAD": FAKETIME_LIB,
+            "FAKETIME_TIMESTAMP_FILE": str(spec),
+            "FAKETIME_CACHE_DURATION": "1",
+            "DONT_FAKE_MONOTONIC": "1",
+        },
     )
-    started = time.monotonic()
     wait_ready(f, robot, notify)
-    told = tell_a_story(f, robot, board, "a story under a fast wall clock", 90)
-    elapsed_ms = (time.monotonic() - started) * 1000
-    # logging's relativeCreated is wall clock: proof that the fake clock was in force
+    since = long_press(board)
+    f.wait("speaking", robot.wait_err, "thinking -> speaking", 60, since)
+    spec.write_text("+1d\n")
+    time.sleep(4.0)
+    spec.write_text("-2h\n")
+    time.sleep(4.0)
+    told = [line for _, line in robot.out_lines("", since)]
+    stop = short_press(board)
+    f.wait("stopped by a press", robot.wait_err, "-> idle", 10, stop)
+    # logging's relativeCreated follows the wall clock: proof that the steps reached the daemon
     stamps = [int(line.split()[0]) for line in robot.stderr if line.split() and line.split()[0].isdigit()]
-    f.check(
-        bool(stamps) and stamps[-1] > 10 * elapsed_ms,
-        f"faketime not in force (log ms {stamps[-1:]} after {elapsed_ms:.0f} real ms)",
-    )
-    f.check(len(told) >= 3 and APOLOGY not in told, f"the story under a fast clock: {told}")
-    f.check(not robot.err_lines("within 3 s") and not robot.err_lines("no speech after"), "a deadline fired")
-    f.check(robot.err_lines("story finished") != [], "the story did not finish normally")
+    f.check(bool(stamps) and max(stamps) > 80_000_000, f"the +1 day step never reached the daemon ({stamps[-3:]})")
+    f.check(len(told) >= 3 and APOLOGY not in told, f"the story across the clock steps: {told}")
+    fired = robot.err_lines("within 3 s") + robot.err_lines("no speech after") + robot.err_lines("took no audio")
+    f.check(not fired, f"a deadline fired on a wall-clock step: {fired}")
+    f.check(not robot.err_lines("Traceback"), "a traceback in the log")
+    f.check(robot.alive(), "the daemon died")
     robot.stop()
     f.done(robot, notify)
 
@@ -953,3 +995,13 @@ def test_faketime_is_usable_here():
     ).stdout.split()
     assert abs(float(fake[0]) - float(real[0]) - 86400) < 60
     assert abs(float(fake[1]) - float(real[1])) < 60
+    # libfaketime 0.9.10: with DONT_FAKE_MONOTONIC=1, Python's time.sleep() (clock_nanosleep TIMER_ABSTIME) fails
+    # with EINVAL; recorded here so that a libfaketime that fixes it shows up (then this line can go)
+    slept = subprocess.run(
+        [sys.executable, "-c", "import time; time.sleep(0.01)"],
+        env={**os.environ, "LD_PRELOAD": FAKETIME_LIB, "FAKETIME": "+1d", "DONT_FAKE_MONOTONIC": "1"},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert slept.returncode != 0 and "Invalid argument" in slept.stderr
