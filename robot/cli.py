@@ -171,6 +171,7 @@ async def run_robot(config: Config, args: argparse.Namespace) -> int:
     from robot.commands import CommandPhrases, CommandsError
     from robot.engine_host import EngineHost, EngineUnavailable
     from robot.events import ButtonPressed, EngineStatus, ShutdownRequested, Source, StoryRequested
+    from robot.memplan import AsrPolicy
     from robot.paths import state_dir
     from robot.resume import StoryStore
     from robot.robot import Mode, Robot
@@ -252,7 +253,12 @@ async def run_robot(config: Config, args: argparse.Namespace) -> int:
     if mode is Mode.TELL:
         robot.post(StoryRequested(args.text, Source.TEXT, time.monotonic()))
         button = None
+    elif plan is not None and plan.asr_policy is AsrPolicy.NONE:
+        robot.is_mic_settled = True
+        robot.problems["microphone"] = "the speech recognizer does not fit in memory; the button tells stories"
+        button = _start_serial_button(config, robot, loop) or _start_gpio_button(config, robot, loop)
     else:
+        robot.is_asr_released_while_generating = plan is not None and not plan.is_asr_loaded_while_generating
         listener = _make_listener(config, robot)
         robot.on_release = listener.end_utterance
         if config.button.earcon:
@@ -328,6 +334,7 @@ def _make_listener(config: Config, robot):
         ),
         is_open=lambda: robot.is_listening_allowed,
         is_command_time=lambda: robot.is_command_time,
+        is_recognizer_wanted=lambda: robot.is_recognizer_wanted,
     )
 
 

@@ -43,8 +43,11 @@ class Listener:
         vad_settings: VadSettings,
         is_open: Callable[[], bool],
         is_command_time: Callable[[], bool] = lambda: False,
+        is_recognizer_wanted: Callable[[], bool] = lambda: True,
     ) -> None:
-        """is_open: requests may be heard; is_command_time: (gate closed) voice commands may be heard."""
+        """is_open: requests may be heard; is_command_time: (gate closed) voice commands may be heard;
+        is_recognizer_wanted: False while its memory is needed elsewhere (the model is then released, and loaded
+        again when it is wanted)."""
         self._post = post
         self._make_microphone = make_microphone
         self._make_recognizer = make_recognizer
@@ -52,6 +55,8 @@ class Listener:
         self._end_silence_s = vad_settings.end_silence_ms / 1000.0
         self._is_open = is_open
         self._is_command_time = is_command_time
+        self._is_recognizer_wanted = is_recognizer_wanted
+        self._recognizer: Recognizer | None = None
         self._is_end_requested = False
         self._muted_until = 0.0
         # the recognizer is fed in order on one thread, off the event loop
@@ -68,7 +73,7 @@ class Listener:
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
         try:
-            recognizer = await loop.run_in_executor(self._asr_thread, self._make_recognizer)
+            self._recognizer = await loop.run_in_executor(self._asr_thread, self._make_recognizer)
         except AsrError as e:
             self._post(ListenerFailed(str(e)))
             return
@@ -80,7 +85,7 @@ class Listener:
                 log.info("listening on %s", mic.device_description)
                 self._post(ListenerReady(mic.device_description))
                 failures = 0
-                await self._listen(mic, recognizer)
+                await self._listen(mic)
             except (DeviceError, MicStalled) as e:
                 if failures == 0:
                     self._post(ListenerFailed(str(e)))
@@ -91,11 +96,33 @@ class Listener:
             finally:
                 mic.close()
 
-    async def _listen(self, mic: Microphone, recognizer: Recognizer) -> None:
+    async def _swap_recognizer(self) -> Recognizer | None:
+        """Release the recognizer's model when memory is wanted for the story, load it again after."""
+        is_wanted = self._is_recognizer_wanted()
+        if not is_wanted and self._recognizer is not None:
+            self._recognizer = None
+            log.info("speech recognizer released while the story is generated (memory plan)")
+        elif is_wanted and self._recognizer is None:
+            loop = asyncio.get_running_loop()
+            started = time.monotonic()
+            self._recognizer = await loop.run_in_executor(self._asr_thread, self._make_recognizer)
+            log.info("speech recognizer loaded again in %.2f s", time.monotonic() - started)
+        return self._recognizer
+
+    async def _listen(self, mic: Microphone) -> None:
         loop = asyncio.get_running_loop()
         utterance: _Utterance | None = None
         while True:
             frame = await mic.read()
+            if utterance is None:
+                try:
+                    recognizer = await self._swap_recognizer()
+                except AsrError as e:
+                    self._post(ListenerFailed(str(e)))
+                    recognizer = None
+                if recognizer is None:
+                    self._vad.reset()
+                    continue
             if self._is_end_requested:
                 self._is_end_requested = False
                 if utterance is not None and not utterance.is_command:

@@ -45,6 +45,7 @@ log = logging.getLogger(__name__)
 
 EVENT_QUEUE_SIZE = 64
 CONTINUE = "continue the story"  # what a long press asks for, in any language
+MEMORY_LEVEL_UNLOAD_ASR = 1  # robot.guard.Level.UNLOAD_ASR: the recognizer is released while a story is told
 MEMORY_LEVEL_CANCEL = 3  # robot.guard.Level.CANCEL: a story being told is stopped
 
 
@@ -103,6 +104,8 @@ class Robot:
         self.on_status: list[Callable[[], None]] = []  # called when the state or a problem changes
         self._handling_since: float | None = None  # when the state owner took the event it is handling
         self.is_mic_settled = mode is Mode.TELL  # the microphone opened, or failed once (for READY)
+        self.is_asr_released_while_generating = False  # the memory plan's choice on a small board
+        self.memory_level = 0  # robot.guard.Level of the memory guard
 
     # --- what other tasks may call ------------------------------------------------------------------
 
@@ -126,6 +129,13 @@ class Robot:
         return self.commands is not None and self.state in (State.THINKING, State.SPEAKING)
 
     # --- the state owner ----------------------------------------------------------------------------
+
+    @property
+    def is_recognizer_wanted(self) -> bool:
+        """False while a story is generated and memory is short (the plan, or the guard at UNLOAD_ASR or more)."""
+        if self.state not in (State.THINKING, State.SPEAKING):
+            return True
+        return not (self.is_asr_released_while_generating or self.memory_level >= MEMORY_LEVEL_UNLOAD_ASR)
 
     def is_making_progress(self, limit_s: float) -> bool:
         """False when the state owner has been stuck in one event for limit_s (the watchdog then stays quiet)."""
@@ -231,6 +241,7 @@ class Robot:
             case EngineStatus(problem=problem):
                 self._set_problem("engine", problem)
             case MemoryPressure(level=level, description=description):
+                self.memory_level = level
                 self._set_problem("memory", description if level else "")
                 if level >= MEMORY_LEVEL_CANCEL and self.state in (State.THINKING, State.SPEAKING):
                     log.warning("memory pressure: stopping the story")

@@ -444,3 +444,34 @@ def test_the_korean_stop_word_through_vosk_ends_a_korean_story(sound_room, espea
     assert robot.stdout[0].startswith("옛날 옛적에")
     last_sound = recorder.last_speech_arrival()
     assert last_sound is not None and last_sound - said_at < 4.0
+
+
+@pytest.mark.soundroom
+def test_when_memory_is_short_the_recognizer_is_released_while_the_story_is_told(sound_room, espeak, tmp_path):
+    """The memory plan: with room for the engine but not for the engine and the recognizer together, the
+    recognizer's model is released for each story and loaded again to listen."""
+    import signal
+
+    available_mib = next(
+        int(line.split()[1]) // 1024 for line in Path("/proc/meminfo").read_text().splitlines()
+        if line.startswith("MemAvailable:")
+    )  # fmt: skip
+    reserve_mib = available_mib - 510  # room 510 MiB: Gemma's 455 MiB fits, with the recognizer's 110 MiB it does not
+    request = write_wav(tmp_path / "request.wav", espeak("tell me a story about a dragon who loves tea"), 16000)
+    robot = Daemon(
+        sound_room, tmp_path / "state", f"memory.reserve_mb={reserve_mib}", "engine.max_tokens=40", "engine.seed=9"
+    )
+    try:
+        robot.wait_until(lambda: any("listening on" in line for line in robot.stderr), 60, "listening")
+        time.sleep(0.5)
+        sound_room.play_into_room(request)
+        robot.wait_until(lambda: any("speaking -> idle" in line for line in robot.stderr), 120, "the story's end")
+        robot.wait_until(lambda: any("loaded again" in line for line in robot.stderr), 30, "the recognizer back")
+        robot.proc.send_signal(signal.SIGTERM)
+        assert robot.proc.wait(10) == 0
+    finally:
+        robot.proc.kill()
+    err = "".join(robot.stderr)
+    assert "is released while generating" in err or "released while generating" in err, err[-3000:]
+    assert "speech recognizer released while the story is generated" in err
+    assert robot.stdout[0].strip() == "Once upon a time, there was a dragon who loved tea."
