@@ -303,7 +303,7 @@ def test_engine_killed_mid_story_is_decoded_apologised_for_and_restarted(launch)
     daemon = robot.pid
     since = long_press(board)
     robot.wait_err("thinking -> speaking", 60, since)
-    robot.wait_until(lambda: len(robot.out_lines("", since)) >= 2, 60, "two sentences")
+    time.sleep(1.5)  # the opening is being said and the engine is generating (300 tokens take ~8 s here)
     engine = robot.engine_pid()
     assert engine is not None, "no engine process while a story is told"
     killed_at = time.monotonic()
@@ -316,9 +316,9 @@ def test_engine_killed_mid_story_is_decoded_apologised_for_and_restarted(launch)
         f"the engine's death was seen {None if decoded is None else round(decoded - killed_at, 2)} s after SIGKILL, "
         "expected EOF within 1 s",
     )
-    apology = f.wait("apology", robot.wait_out, APOLOGY, 10, killed_at)
+    apology = f.wait("apology", robot.wait_out, APOLOGY, 30, killed_at)
     f.check(apology is not None, f"stdout after the kill {robot.out_lines('', killed_at)}, expected {APOLOGY!r}")
-    f.wait("back to idle", robot.wait_err, "-> idle", 20, killed_at)
+    f.wait("back to idle", robot.wait_err, "-> idle", 40, killed_at)
     f.wait("restart with backoff", robot.wait_err, "starting the engine again in", 10, killed_at)
     new_engine = f.wait("a new engine", engine_started_after, robot, engine, 30)
     time.sleep(1.0)
@@ -607,32 +607,77 @@ def test_sigterm_while_the_model_loads_exits_cleanly_with_no_engine_left(launch)
 # --- row 13: the speaker lost mid-story ------------------------------------------------------------------
 
 
-def _pactl(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(["pactl", *args], capture_output=True, text=True, timeout=10)
+class PrivatePulse:
+    """A PulseAudio server of this test's own (the shared sound room is left alone): one `speaker` sink, one
+    silent `mic` source. PulseAudio >= 14 moves a stream whose sink goes away to another sink; with `speaker` the
+    only sink, unloading it is a real device loss."""
 
+    def __init__(self, directory: Path) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        self.socket = directory / "native"
+        self.env = {"PULSE_SERVER": f"unix:{self.socket}", "PULSE_SINK": "speaker", "PULSE_SOURCE": "mic"}
+        self.proc = subprocess.Popen(
+            [
+                "pulseaudio",
+                "--exit-idle-time=-1",
+                "--system=false",
+                "--disallow-exit",
+                "-n",
+                "--use-pid-file=false",
+                f"--load=module-native-protocol-unix socket={self.socket}",
+                "--load=module-null-sink sink_name=speaker",
+                "--load=module-null-source source_name=mic",
+            ],
+            env={**os.environ, "PULSE_RUNTIME_PATH": str(directory), "HOME": str(directory)},
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 15
+        while self.pactl("info").returncode != 0:
+            if time.monotonic() > deadline or self.proc.poll() is not None:
+                self.close()
+                need(False, "a private PulseAudio server does not start here")
+            time.sleep(0.1)
 
-def _speaker_module() -> str | None:
-    for line in _pactl("list", "short", "modules").stdout.splitlines():
-        parts = line.split("\t")
-        if len(parts) >= 3 and parts[1] == "module-null-sink" and "sink_name=speaker" in parts[2]:
-            return parts[0]
-    return None
+    def pactl(self, *args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            ["pactl", *args], env={**os.environ, **self.env}, capture_output=True, text=True, timeout=10
+        )
+
+    def speaker_module(self) -> str | None:
+        for line in self.pactl("list", "short", "modules").stdout.splitlines():
+            parts = line.split("\t")
+            if len(parts) >= 3 and parts[1] == "module-null-sink" and "sink_name=speaker" in parts[2]:
+                return parts[0]
+        return None
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
 
 
 @pytest.mark.soundroom
 def test_the_speaker_lost_mid_story_ends_playback_fast_and_keeps_the_story(launch, tmp_path, stack):
     f = Findings()
-    stack.callback(lambda: _speaker_module() or _pactl("load-module", "module-null-sink", "sink_name=speaker"))
-    robot, notify, board = launch("engine.max_tokens=300", "engine.seed=6")
+    need(shutil.which("pulseaudio") is not None, "pulseaudio is not installed")
+    pulse = PrivatePulse(tmp_path / "pulse")
+    stack.callback(pulse.close)
+    robot, notify, board = launch("engine.max_tokens=300", "engine.seed=6", env=pulse.env)
     wait_ready(f, robot, notify)
     since = long_press(board)
     robot.wait_err("thinking -> speaking", 60, since)
     robot.wait_until(lambda: len(robot.out_lines("", since)) >= 2, 60, "two sentences")
-    module = _speaker_module()
+    module = pulse.speaker_module()
     assert module is not None, "no speaker sink module"
     lost_at = time.monotonic()
     printed = len(robot.out_lines("", since))
-    assert _pactl("unload-module", module).returncode == 0
+    assert pulse.pactl("unload-module", module).returncode == 0
     idle = f.wait("back to idle", robot.wait_err, "speaking -> idle", 10, lost_at)
     f.check(idle is None or idle - lost_at < 5.0, "SPEAKING lasted long after the speaker was lost")
     told = len(robot.out_lines("", lost_at))
@@ -646,15 +691,12 @@ def test_the_speaker_lost_mid_story_ends_playback_fast_and_keeps_the_story(launc
             f"story position not kept: {printed} sentences begun before the loss, story.json has {saved}",
         )
     f.check(robot.alive(), "the daemon died with the speaker")
-    assert _pactl("load-module", "module-null-sink", "sink_name=speaker").returncode == 0
+    assert pulse.pactl("load-module", "module-null-sink", "sink_name=speaker").returncode == 0
     time.sleep(1.0)
-    recorder = Recorder()
-    try:
-        told = hear_a_story(f, robot, board, "a story once the speaker is back")
-        f.check(len(told) >= 3, f"after the speaker came back: {told}")
-        f.check(recorder.speech_seconds() > 1.0, "nothing heard on the speaker after it came back")
-    finally:
-        recorder.stop()
+    again = time.monotonic()
+    told = hear_a_story(f, robot, board, "a story once the speaker is back")
+    f.check(len(told) >= 3, f"after the speaker came back: {told}")
+    f.check(not robot.err_lines("speaker failed", again), "playback failed again with the speaker back")
     robot.stop()
     f.done(robot, notify)
 
@@ -942,17 +984,21 @@ def test_wall_clock_steps_forward_and_back_mid_story_do_not_fire_deadlines(launc
     wait_ready(f, robot, notify)
     since = long_press(board)
     f.wait("speaking", robot.wait_err, "thinking -> speaking", 60, since)
+    forward = time.monotonic()
     spec.write_text("+1d\n")
-    time.sleep(4.0)
+    time.sleep(5.0)
+    back = time.monotonic()
     spec.write_text("-2h\n")
-    time.sleep(4.0)
+    time.sleep(5.0)
     told = [line for _, line in robot.out_lines("", since)]
     stop = short_press(board)
     f.wait("stopped by a press", robot.wait_err, "-> idle", 10, stop)
     # logging's relativeCreated follows the wall clock: proof that the steps reached the daemon
-    stamps = [int(line.split()[0]) for line in robot.stderr if line.split() and line.split()[0].isdigit()]
-    f.check(bool(stamps) and max(stamps) > 80_000_000, f"the +1 day step never reached the daemon ({stamps[-3:]})")
-    f.check(len(told) >= 3 and APOLOGY not in told, f"the story across the clock steps: {told}")
+    stamps = [int(w[0]) for line in robot.stderr if (w := line.split()) and w[0].lstrip("-").isdigit()]
+    f.check(any(abs(t) > 3_600_000 for t in stamps), f"no clock step reached the daemon's log ({stamps[-3:]})")
+    f.check(APOLOGY not in told, f"an apology: {told}")
+    f.check(bool(robot.out_lines("", forward + 1.5)), f"nothing said after the +1 day step: {told}")
+    f.check(bool(robot.out_lines("", back + 1.5)), f"nothing said after the -2 h step: {told}")
     fired = robot.err_lines("within 3 s") + robot.err_lines("no speech after") + robot.err_lines("took no audio")
     f.check(not fired, f"a deadline fired on a wall-clock step: {fired}")
     f.check(not robot.err_lines("Traceback"), "a traceback in the log")
