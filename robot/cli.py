@@ -454,8 +454,8 @@ async def _run_engine(host, settled: asyncio.Event) -> None:
 
     try:
         await host.get()
-    except EngineUnavailable as e:
-        log.error("engine: %s", e)
+    except EngineUnavailable:
+        pass  # the host has said why, once
     finally:
         settled.set()
     await host.supervise()
@@ -512,10 +512,9 @@ def _memory_plan(config: Config):
     try:
         plan = plan_from_config(config)
     except NoModelToPlan as e:  # the engine host checks the model again and says what is wrong with it
-        log.warning("memory plan: %s", e)
+        log.debug("memory plan: %s", e)
         return None, ""
-    except PlanRefused as e:
-        log.error("memory plan: %s", e)
+    except PlanRefused as e:  # the engine host gives up with these numbers, in one line
         return None, str(e)
     except (OSError, ValueError) as e:
         log.warning("memory plan: cannot make one (%s); using the configuration as it is", e)

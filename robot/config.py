@@ -231,7 +231,9 @@ def _build(values: dict[str, dict[str, Any]], origins: dict) -> Config:
                 raise ConfigError(f"{origins[(name, key)]}: unknown key {name}.{key}, expected one of {sorted(known)}")
         kwargs = {key: _check(name, known[key], value, origins[(name, key)]) for key, value in given.items()}
         sections[name] = cls(**kwargs)
-    return Config(**sections)
+    config = Config(**sections)
+    object.__setattr__(config, "_origins", dict(origins))  # for check_semantics' messages; not a setting
+    return config
 
 
 def _check(section: str, f: dataclasses.Field, value: Any, origin: str) -> Any:
@@ -274,21 +276,42 @@ def _type_name(value: Any) -> str:
     }.get(type(value), type(value).__name__)
 
 
+def _where(config: Config, key: str) -> str:
+    """'FILE: ' for the layer that set section.key (the defaults file, /etc/..., or --set), '' when unknown."""
+    section, _, name = key.partition(".")
+    origin = getattr(config, "_origins", {}).get((section, name))
+    return f"{origin}: " if origin else ""
+
+
 def check_semantics(config: Config) -> None:
     """Cross-key and filesystem checks that a TOML type cannot express."""
     if config.asr.backend == "vosk" and not config.asr.vosk_model:
-        raise ConfigError('asr.vosk_model: required when asr.backend = "vosk" (a Vosk model directory)')
+        raise ConfigError(
+            _where(config, "asr.vosk_model")
+            + 'asr.vosk_model: required when asr.backend = "vosk" (a Vosk model directory)'
+        )
     if config.asr.vosk_model and not Path(config.asr.vosk_model).is_dir():
-        raise ConfigError(f"asr.vosk_model: {config.asr.vosk_model} is not a directory")
+        raise ConfigError(
+            _where(config, "asr.vosk_model") + f"asr.vosk_model: {config.asr.vosk_model} is not a directory"
+        )
     search = config.asr.pocketsphinx_search
     if search not in ("story-requests", "general") and not Path(search).is_file():
-        raise ConfigError(f"asr.pocketsphinx_search: {search!r} is neither story-requests, general nor a JSGF file")
+        raise ConfigError(
+            _where(config, "asr.pocketsphinx_search")
+            + f"asr.pocketsphinx_search: {search!r} is neither story-requests, general nor a JSGF file"
+        )
     if config.engine.model and not Path(config.engine.model).is_file():
-        raise ConfigError(f"engine.model: {config.engine.model}: no such file")
+        raise ConfigError(_where(config, "engine.model") + f"engine.model: {config.engine.model}: no such file")
     if config.engine.backend == "llama2c" and not config.engine.model:
-        raise ConfigError('engine.model: required when engine.backend = "llama2c" (a llama2.c checkpoint)')
+        raise ConfigError(
+            _where(config, "engine.model")
+            + 'engine.model: required when engine.backend = "llama2c" (a llama2.c checkpoint)'
+        )
     if config.button.gpio_chip and not config.button.gpio_line:
-        raise ConfigError("button.gpio_line: required when button.gpio_chip is set (a line name or offset)")
+        raise ConfigError(
+            _where(config, "button.gpio_line")
+            + "button.gpio_line: required when button.gpio_chip is set (a line name or offset)"
+        )
     if config.button.gpio_chip and config.button.serial_port:
         raise ConfigError("button.gpio_chip and button.serial_port are both set: storybot has one button")
     if config.story.language != "en" and config.tts.backend == "flite":

@@ -221,7 +221,7 @@ class Robot:
                 command = self.commands.match(text) if self.commands else None
                 if command is not None:
                     await self._obey(command, text)
-                elif text.strip():
+                elif _has_words(text):
                     self.end_of_speech_at = event.end_of_speech_at
                     self._start_story(text, Source.VOICE, event.end_of_speech_at)
                 else:
@@ -415,3 +415,8 @@ class Robot:
         if t.speech_done_at is not None:
             parts.append(f"speech done {t.speech_done_at - t.requested_at:.2f} s")
         print("timings: " + "; ".join(parts), file=self._diag, flush=True)
+
+
+def _has_words(text: str) -> bool:
+    """True when a transcript holds anything to tell a story about (not only spaces, control characters, NULs)."""
+    return any(ch.isalnum() for ch in text)
