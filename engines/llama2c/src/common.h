@@ -26,6 +26,7 @@ _Noreturn void die(int status, const char *fmt, ...) __attribute__((format(print
 /* malloc/calloc that exit 71 naming what could not be allocated. */
 extern const char *loading_path; /* set while a checkpoint or tokenizer is loaded, for OOM messages */
 void *xmalloc(size_t bytes, const char *what);
+void softmax(float *x, int size); /* in place */
 void *xcalloc(size_t count, size_t size, const char *what);
 
 /* Overflow-checked size arithmetic: return 0 on overflow, else store the result. */

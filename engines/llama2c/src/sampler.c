@@ -26,18 +26,6 @@ static unsigned random_u32(unsigned long long *state) {
 
 static float random_f32(unsigned long long *state) { return (random_u32(state) >> 8) / 16777216.0f; }
 
-static void softmax(float *x, int size) {
-    float max_val = x[0];
-    for (int i = 1; i < size; i++)
-        if (x[i] > max_val) max_val = x[i];
-    float sum = 0.0f;
-    for (int i = 0; i < size; i++) {
-        x[i] = expf(x[i] - max_val);
-        sum += x[i];
-    }
-    for (int i = 0; i < size; i++) x[i] /= sum;
-}
-
 static int sample_mult(const float *probs, int n, float coin) {
     float cdf = 0.0f;
     for (int i = 0; i < n; i++) {

@@ -141,18 +141,6 @@ static void rmsnorm(float *o, const float *x, const float *weight, int size) {
     for (int j = 0; j < size; j++) o[j] = weight[j] * (ss * x[j]);
 }
 
-static void softmax(float *x, int size) {
-    float max_val = x[0];
-    for (int i = 1; i < size; i++)
-        if (x[i] > max_val) max_val = x[i];
-    float sum = 0.0f;
-    for (int i = 0; i < size; i++) {
-        x[i] = expf(x[i] - max_val);
-        sum += x[i];
-    }
-    for (int i = 0; i < size; i++) x[i] /= sum;
-}
-
 /* Rotates the pairs (2i, 2i+1) of each head of `vec` (n_heads_in_vec * head_size,). */
 static void rope(float *vec, int n, int head_size, const float *cos_t, const float *sin_t) {
     for (int h = 0; h < n; h += head_size) {
