@@ -78,6 +78,8 @@ class EngineClient:
         self._next_id = 1
         self.ready: p.Ready | None = None
         self.chat_template = ""  # set by whoever knows the model: prompts for it are wrapped in this template
+        self._stopping: asyncio.Future | None = None  # the one stop in progress or done
+        self.was_killed_by_us = False  # stop() had to signal it: its death says nothing about memory
 
     @property
     def pid(self) -> int | None:
@@ -158,10 +160,19 @@ class EngineClient:
             pass
 
     async def stop(self, timeout_s: float = 2.0) -> int | None:
-        """Ask the engine to exit, then terminate and kill its process group. Returns the exit status."""
-        proc = self._proc
-        if proc is None:
+        """Ask the engine to exit, then terminate and kill its process group. Returns the exit status.
+
+        Safe to call from several tasks at once (a stalled generation and the supervisor that saw the exit): they
+        share one stop, and cancelling one caller does not cancel the stop for the others."""
+        if self._proc is None:
             return None
+        if self._stopping is None:
+            self._stopping = asyncio.ensure_future(self._stop(timeout_s))
+        return await asyncio.shield(self._stopping)
+
+    async def _stop(self, timeout_s: float) -> int | None:
+        proc = self._proc
+        assert proc is not None
         if proc.returncode is None:
             try:
                 await self._send(p.Shutdown())
@@ -172,6 +183,7 @@ class EngineClient:
                 if sig is not None:
                     log.info("%s did not exit; sending %s", self._name, sig.name)
                     _signal_group(proc.pid, sig)
+                    self.was_killed_by_us = True
                 try:
                     await asyncio.wait_for(proc.wait(), timeout_s)
                     break
@@ -179,10 +191,8 @@ class EngineClient:
                     continue
         _signal_group(proc.pid, signal.SIGKILL)  # helpers the engine may have left behind in its group
         if self._stderr_task:
-            try:
-                await asyncio.wait_for(self._stderr_task, 1.0)
-            except TimeoutError:
-                self._stderr_task.cancel()
+            await asyncio.wait([self._stderr_task], timeout=1.0)
+            self._stderr_task.cancel()
         return proc.returncode
 
     def _take_id(self) -> int:

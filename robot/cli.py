@@ -210,6 +210,8 @@ async def run_robot(config: Config, args: argparse.Namespace) -> int:
         )
     engine_problems: list[str] = []  # until the robot exists to hear about them
     host = EngineHost(engine_config, on_status=engine_problems.append)
+    if plan is not None:
+        host.smaller_context_tokens = plan.short_context_tokens
     if refusal:
         host.give_up(EngineUnavailable(f"no model fits in memory: {refusal}", is_permanent=True))
     wav = getattr(args, "wav", None)

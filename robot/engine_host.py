@@ -22,7 +22,7 @@ from robot.config import EngineConfig
 
 log = logging.getLogger(__name__)
 
-RESTART_BACKOFF_S = (1.0, 2.0, 4.0, 8.0, 16.0, 30.0, 60.0)
+RESTART_BACKOFF_S = (5.0, 10.0, 20.0, 40.0, 60.0, 120.0)  # a start costs a model load; systemd's RestartSec is 5 s
 HEALTHY_AFTER_S = 60.0  # an engine that lived this long resets the backoff
 MAX_WAIT_IN_STORY_S = 3.0  # a story waits this long for a restart; beyond it, a canned story
 
@@ -52,6 +52,7 @@ class EngineHost:
         self.model_path: str | None = None
         self.model_info: GgufInfo | None = None
         self.starts = 0  # engine processes spawned, for the logs and tests
+        self.smaller_context_tokens = 0  # after an out-of-memory death the engine starts again with this, if smaller
 
     @property
     def config(self) -> EngineConfig:
@@ -156,6 +157,11 @@ class EngineHost:
         code = await client.stop(0.5)
         if time.monotonic() - self._started_at > HEALTHY_AFTER_S:
             self._failures = 0
+        is_out_of_memory = code == 71 or (code == -signal.SIGKILL and not client.was_killed_by_us)
+        if is_out_of_memory and 0 < self.smaller_context_tokens < self._config.context_tokens:
+            log.warning("the engine may have run out of memory: its next start uses the smaller plan")
+            self.use_context(self.smaller_context_tokens)
+            self._is_restart_pending = False  # it is not running: the next start takes the new context anyway
         self._failed(f"the engine {describe_exit(code)}")
 
     def _failed(self, why: str) -> None:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
 from audio.devices import DeviceError
@@ -207,9 +207,10 @@ class StoryTeller:
                 "stop": STOP_STRINGS,
             }
             done = None
-            async for frame in engine.generate(
+            frames = engine.generate(
                 request, first_token_timeout_s=cfg.first_token_timeout_s, token_timeout_s=cfg.token_timeout_s
-            ):
+            )
+            async for frame in _read_ahead(frames):
                 if isinstance(frame, p.Token):
                     if timings.first_token_at is None:
                         timings.first_token_at = time.monotonic()
@@ -316,3 +317,29 @@ class StoryTeller:
     def _save(self, record: StoryRecord) -> None:
         if self._store is not None:
             self._store.save(record)
+
+
+async def _read_ahead(frames: AsyncIterator) -> AsyncIterator:
+    """The engine's frames, read as they arrive even while the sentence queue is full: the token deadlines then
+    measure the engine, not how far ahead of speech the story is, so a stalled engine is found at once. What is
+    read ahead is bounded by max_tokens. Leaving early cancels the generation (EngineClient.generate's finally)."""
+    queue: asyncio.Queue = asyncio.Queue()
+    end = object()
+
+    async def pump() -> None:
+        try:
+            async for frame in frames:
+                queue.put_nowait(frame)
+        except Exception as e:  # EngineError and its kin reach the reader in order
+            queue.put_nowait(e)
+        queue.put_nowait(end)
+
+    reader = asyncio.create_task(pump(), name="engine-frames")
+    try:
+        while (item := await queue.get()) is not end:
+            if isinstance(item, Exception):
+                raise item
+            yield item
+    finally:
+        reader.cancel()
+        await asyncio.gather(reader, return_exceptions=True)

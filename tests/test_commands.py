@@ -312,8 +312,10 @@ def test_another_story_while_idle_tells_a_new_subject(tmp_path):
 
     robot, tts, diag, _ = _drive(tmp_path, scenario, sink_seconds=0.01)
     assert "command: another" in diag
-    subjects = CommandPhrases.load("en").surprise
-    assert any(subject in tts.spoken[0] for subject in subjects), tts.spoken[0]
+    from robot.prompt import build_prompt
+
+    openings = {build_prompt(subject).opening for subject in CommandPhrases.load("en").surprise}
+    assert tts.spoken[0] in openings
 
 
 def test_a_long_press_with_nothing_said_continues_the_saved_story(tmp_path):

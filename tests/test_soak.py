@@ -12,7 +12,23 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def _kill_daemons_of(state_dir) -> None:
+    """The soak's daemon runs in a session of its own: end it (by its state directory) when the soak is cut short."""
+    import os
+    import signal
+    from pathlib import Path
+
+    marker = f"STORYBOT_STATE_DIR={state_dir}".encode()
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and any(v.startswith(marker) for v in (proc / "environ").read_bytes().split(b"\0")):
+                os.kill(int(proc.name), signal.SIGKILL)
+        except (OSError, ValueError):
+            pass
+
+
 @pytest.mark.soundroom
+@pytest.mark.timeout(600)  # the soak itself takes about 5 minutes
 def test_fifty_stories_with_faults_leak_nothing(sound_room, default_model, tmp_path):
     out = tmp_path / "soak.json"
     try:
@@ -39,6 +55,8 @@ def test_fifty_stories_with_faults_leak_nothing(sound_room, default_model, tmp_p
         )
     except subprocess.TimeoutExpired as e:
         pytest.fail(f"the soak took over 8 minutes; output so far: {(e.stdout or b'')[-3000:]!r}")
+    finally:
+        _kill_daemons_of(tmp_path / "run")
     assert out.exists(), f"no summary (exit {proc.returncode}): {proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     s = json.loads(out.read_text())
     where = f"summary: {json.dumps(s)}\nstderr tail: {proc.stderr[-3000:]}"
