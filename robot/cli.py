@@ -242,6 +242,7 @@ async def run_robot(config: Config, args: argparse.Namespace) -> int:
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal, sig)
+    loop.add_signal_handler(signal.SIGUSR2, _dump_tasks)  # kill -USR2: where every coroutine waits
     robot.on_status.append(lambda: notifier.status(robot.status_text))
     notifier.send(f"EXTEND_TIMEOUT_USEC={int((engine_config.load_timeout_s + 30) * 1e6)}", "STATUS=loading the model")
     engine_settled = asyncio.Event()
@@ -286,6 +287,13 @@ async def run_robot(config: Config, args: argparse.Namespace) -> int:
     if args.timings_json:
         _write_timings(args.timings_json, robot, engine_peak_kb)
     return code
+
+
+def _dump_tasks() -> None:
+    for task in asyncio.all_tasks():
+        print(f"--- task {task.get_name()}", file=sys.stderr)
+        task.print_stack(limit=12, file=sys.stderr)
+    sys.stderr.flush()
 
 
 STOP_STEP_S = 4.0  # each step of shutdown; systemd's TimeoutStopSec must allow a few of them
