@@ -54,8 +54,21 @@ def ensure_checkpoint(cache: Path, shape: str, version: int) -> tuple[Path, Path
     tokenizer = cache / f"{shape}-tokenizer.bin"
     if not model.exists() or not tokenizer.exists():
         tmp = model.with_suffix(".part")
-        cmd = [sys.executable, "-m", "engines.llama2c_ref", "write", "--shape", shape, "--version", str(version),
-               "--seed", "1", str(tmp), "--tokenizer", str(tokenizer)]
+        cmd = [
+            sys.executable,
+            "-m",
+            "engines.llama2c_ref",
+            "write",
+            "--shape",
+            shape,
+            "--version",
+            str(version),
+            "--seed",
+            "1",
+            str(tmp),
+            "--tokenizer",
+            str(tokenizer),
+        ]
         subprocess.run(cmd, cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
         tmp.rename(model)
     return model, tokenizer
@@ -99,8 +112,25 @@ def build_plugin(workdir: Path) -> Path | None:
 
 
 def guest_instructions(plugin: Path, cpu: str, binary: Path, model: Path, tokenizer: Path, steps: int) -> int:
-    argv = ["qemu-riscv64", "-cpu", cpu, "-plugin", str(plugin), "-d", "plugin", str(binary), str(model),
-            "-z", str(tokenizer), "-t", "0", "--prompt-ids", "1", "-n", str(steps)]
+    argv = [
+        "qemu-riscv64",
+        "-cpu",
+        cpu,
+        "-plugin",
+        str(plugin),
+        "-d",
+        "plugin",
+        str(binary),
+        str(model),
+        "-z",
+        str(tokenizer),
+        "-t",
+        "0",
+        "--prompt-ids",
+        "1",
+        "-n",
+        str(steps),
+    ]
     proc = subprocess.run(argv, capture_output=True, check=True, timeout=1800)
     m = re.search(rb"insns: (\d+)", proc.stderr)
     if not m:
@@ -118,8 +148,12 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shapes", default="stories15M,stories110M", help="comma-separated model shapes")
     parser.add_argument("--runs", type=int, default=5, help="timed runs per binary and file (default 5)")
-    parser.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "storybot-bench-llama2c",
-                        help="where the random checkpoints are kept between runs")
+    parser.add_argument(
+        "--cache",
+        type=Path,
+        default=Path(tempfile.gettempdir()) / "storybot-bench-llama2c",
+        help="where the random checkpoints are kept between runs",
+    )
     parser.add_argument("--runq", type=Path, help="a llama2.c runq binary to time on the int8 files")
     parser.add_argument("--run", type=Path, help="a llama2.c run binary to time on the fp32 files")
     parser.add_argument("--no-qemu", action="store_true", help="skip the RISC-V instruction counts")
@@ -141,13 +175,17 @@ def main() -> int:
             timings = time_binaries(argvs, args.runs)
             ours = timings[0]
             label = f"{shape} {kind}"
-            print(f"{label:<24} {'storybot-llama2c':<22} {ours.best_tok_s:>10.1f} {ours.median_tok_s:>8.1f} "
-                  f"{ours.peak_rss_mb:>7.1f}")
+            print(
+                f"{label:<24} {'storybot-llama2c':<22} {ours.best_tok_s:>10.1f} {ours.median_tok_s:>8.1f} "
+                f"{ours.peak_rss_mb:>7.1f}"
+            )
             if other:
                 theirs = timings[1]
-                print(f"{label:<24} {other.name:<22} {theirs.best_tok_s:>10.1f} {theirs.median_tok_s:>8.1f} "
-                      f"{theirs.peak_rss_mb:>7.1f}   ours/theirs: {ours.best_tok_s / theirs.best_tok_s:.2f}x best, "
-                      f"{ours.median_tok_s / theirs.median_tok_s:.2f}x median")
+                print(
+                    f"{label:<24} {other.name:<22} {theirs.best_tok_s:>10.1f} {theirs.median_tok_s:>8.1f} "
+                    f"{theirs.peak_rss_mb:>7.1f}   ours/theirs: {ours.best_tok_s / theirs.best_tok_s:.2f}x best, "
+                    f"{ours.median_tok_s / theirs.median_tok_s:.2f}x median"
+                )
 
     if args.no_qemu:
         return 0
@@ -161,9 +199,11 @@ def main() -> int:
             return 0
         model, tokenizer = ensure_checkpoint(args.cache, "stories15M", 2)
         print("\nstories15M int8, guest instructions per token (qemu-riscv64, -n 12 minus -n 4, / 8)")
-        targets = [("rv64gc (scalar)", "rv64", RV64GC_BIN),
-                   ("RVV VLEN 128", "rv64,v=true,vlen=128,vext_spec=v1.0", RVV_BIN),
-                   ("RVV VLEN 256", "rv64,v=true,vlen=256,vext_spec=v1.0", RVV_BIN)]
+        targets = [
+            ("rv64gc (scalar)", "rv64", RV64GC_BIN),
+            ("RVV VLEN 128", "rv64,v=true,vlen=128,vext_spec=v1.0", RVV_BIN),
+            ("RVV VLEN 256", "rv64,v=true,vlen=256,vext_spec=v1.0", RVV_BIN),
+        ]
         for label, cpu, binary in targets:
             if not binary.exists():
                 print(f"  {label:<18} {binary.name} not built (make -C engines/llama2c riscv-rvv riscv-scalar)")
