@@ -46,6 +46,14 @@ class ButtonLongPressed:
 
 
 @dataclass(frozen=True)
+class HeldWithoutSpeech:
+    """A long press while listening, and still nothing said a moment later: continue the story."""
+
+    source: Source
+    press: int  # which press (a later press makes this one stale)
+
+
+@dataclass(frozen=True)
 class SpeechStarted:
     at: float
 
@@ -125,6 +133,7 @@ Event = (
     ButtonPressed
     | ButtonReleased
     | ButtonLongPressed
+    | HeldWithoutSpeech
     | SpeechStarted
     | TranscriptPartial
     | TranscriptFinal

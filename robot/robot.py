@@ -23,6 +23,7 @@ from robot.events import (
     CommandHeard,
     EngineStatus,
     Event,
+    HeldWithoutSpeech,
     ListenerFailed,
     ListenerReady,
     MemoryPressure,
@@ -45,6 +46,7 @@ log = logging.getLogger(__name__)
 
 EVENT_QUEUE_SIZE = 64
 CONTINUE = "continue the story"  # what a long press asks for, in any language
+HOLD_GRACE_S = 1.0  # after a long press, how long speech may take to be noticed before it means "continue"
 MEMORY_LEVEL_UNLOAD_ASR = 1  # robot.guard.Level.UNLOAD_ASR: the recognizer is released while a story is told
 MEMORY_LEVEL_CANCEL = 3  # robot.guard.Level.CANCEL: a story being told is stopped
 
@@ -96,6 +98,7 @@ class Robot:
         self.on_release: Callable[[], None] = lambda: None
         self._is_speech_since_press = False
         self._is_long_press_pending = False
+        self._press_number = 0
         self.commands = commands
         self.settings = settings or RuntimeSettings(config.audio.volume)
         self._save_settings = save_settings
@@ -181,6 +184,7 @@ class Robot:
                 await self._stop_story()  # a press while the robot talks stops the story
                 self._set_state(State.IDLE)
             case ButtonPressed() if self.state is State.IDLE:
+                self._press_number += 1
                 self._set_state(State.LISTENING)
                 self._is_speech_since_press = self._is_long_press_pending = False
                 self.on_listen_requested()
@@ -195,12 +199,18 @@ class Robot:
                     self.on_release()  # push-to-talk: the request ends now
                 self._is_long_press_pending = False
             case ButtonLongPressed(source=source) if self.state is State.LISTENING:
-                # held while listening: push-to-talk if the child has started speaking, else "continue"
-                if self._is_speech_since_press:
-                    self._is_long_press_pending = True
-                else:
-                    self._set_state(State.IDLE)
-                    self._start_story(CONTINUE, source, time.monotonic())
+                # held while listening: push-to-talk if the child speaks (the voice detector needs a moment to
+                # notice speech that began with the press), else "continue the story"
+                self._is_long_press_pending = True
+                if not self._is_speech_since_press:
+                    press = self._press_number
+                    asyncio.get_running_loop().call_later(HOLD_GRACE_S, self.post, HeldWithoutSpeech(source, press))
+            case HeldWithoutSpeech(source=source, press=press) if (
+                self.state is State.LISTENING and press == self._press_number and not self._is_speech_since_press
+            ):
+                self._is_long_press_pending = False
+                self._set_state(State.IDLE)
+                self._start_story(CONTINUE, source, time.monotonic())
             case ButtonLongPressed(source=source) if self.state is not State.STOPPING:
                 await self._stop_story()
                 self._set_state(State.IDLE)

@@ -335,3 +335,22 @@ def test_a_long_press_with_nothing_said_continues_the_saved_story(tmp_path):
 
     robot, tts, _, _ = _drive(tmp_path, scenario, sink_seconds=0.01)
     assert tts.spoken[:2] == ["Let's go on with the story.", "Once upon a time, there was a cat."]
+
+
+def test_a_long_press_while_the_child_starts_speaking_is_push_to_talk(tmp_path):
+    """Speech noticed just after the long press (the detector lags the voice) keeps it push-to-talk."""
+    from robot.events import ButtonLongPressed, ButtonPressed, SpeechStarted
+
+    async def scenario(robot, sink):
+        robot.post(ButtonPressed(Source.BUTTON))
+        await _until(lambda: robot.state is State.LISTENING)
+        robot.post(ButtonLongPressed(Source.BUTTON))
+        await asyncio.sleep(0.3)
+        robot.post(SpeechStarted(at=0.0))
+        await asyncio.sleep(1.2)  # past the grace: no "continue the story"
+        assert robot.state is State.LISTENING
+        robot.post(TranscriptFinal("a story about a cat", 0.0))
+        await _until(lambda: len(robot.results) == 1, 20.0)
+
+    robot, tts, _, _ = _drive(tmp_path, scenario, sink_seconds=0.01)
+    assert tts.spoken[0] == "Once upon a time, there was a cat."
