@@ -972,7 +972,7 @@ def test_wall_clock_steps_forward_and_back_mid_story_do_not_fire_deadlines(launc
     spec = tmp_path / "faketime.spec"
     spec.write_text("+0\n")
     robot, notify, board = launch(
-        "engine.max_tokens=120",
+        "engine.max_tokens=220",
         "engine.seed=5",
         "engine.first_token_timeout_s=3",
         "engine.token_timeout_s=3",
@@ -990,10 +990,10 @@ def test_wall_clock_steps_forward_and_back_mid_story_do_not_fire_deadlines(launc
     f.wait("speaking", robot.wait_err, "thinking -> speaking", 60, since)
     forward = time.monotonic()
     spec.write_text("+1d\n")
-    time.sleep(5.0)
+    time.sleep(9.0)
     back = time.monotonic()
     spec.write_text("-2h\n")
-    time.sleep(5.0)
+    time.sleep(15.0)  # long enough for the next sentence to start even after a long one (some take 8 s and more)
     told = [line for _, line in robot.out_lines("", since)]
     stop = short_press(board)
     f.wait("stopped by a press", robot.wait_err, "-> idle", 10, stop)
