@@ -23,14 +23,13 @@ from datetime import timedelta
 import gpiod
 from gpiod.line import Bias, Direction, Edge, Value
 
-from robot.button_serial import LED_STATES, ButtonEvent, ButtonStats, PressTiming, PressTracker
+from robot.button_serial import LED_STATES, ButtonEvent, ButtonStats, PressTiming, PressTracker, reconnect_loop
 
 logger = logging.getLogger(__name__)
 
 CONSUMER = "storybot"  # what `gpioinfo` shows as the line's user
 _WAIT_S = 0.1  # the longest wait for an edge; stop() promises 0.2 s
 _STOP_JOIN_S = 0.2
-_HEALTHY_AFTER_S = 5.0  # a request that lasted this long starts the backoff again from its first step
 
 _PRESSED = gpiod.EdgeEvent.Type.RISING_EDGE  # to active, i.e. pressed: the request says which level is active
 
@@ -163,22 +162,13 @@ class GpioButton:
     # --- the button thread ----------------------------------------------------------------------------------
 
     def _run(self) -> None:
-        """Request, serve, and after any failure wait a step of the backoff; until stop()."""
-        failures = 0
-        while not self._stopping.is_set():
-            try:
-                request = self._request()
-                if request is not None:
-                    requested_at = time.monotonic()
-                    self._serve(request)
-                    if time.monotonic() - requested_at >= _HEALTHY_AFTER_S:
-                        failures = 0
-            except Exception:  # a bug here must not end the button for good
-                self._report("bug", "GPIO button failed unexpectedly; retrying", logging.ERROR, exc_info=True)
-            if self._stopping.is_set():
-                break
-            self._stopping.wait(self._backoff_s[min(failures, len(self._backoff_s) - 1)])
-            failures += 1
+        reconnect_loop(
+            self._stopping,
+            self._backoff_s,
+            self._request,
+            self._serve,
+            lambda: self._report("bug", "GPIO button failed unexpectedly; retrying", logging.ERROR, exc_info=True),
+        )
 
     def _request(self) -> gpiod.LineRequest | None:
         self.stats.open_attempts += 1

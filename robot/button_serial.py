@@ -422,22 +422,13 @@ class SerialButton:
     # --- the reader thread ----------------------------------------------------------------------------------
 
     def _run(self) -> None:
-        """Open, serve, and after any failure wait a step of the backoff; until stop()."""
-        failures = 0
-        while not self._stopping.is_set():
-            try:
-                port = self._open()
-                if port is not None:
-                    opened_at = time.monotonic()
-                    self._serve(port)
-                    if time.monotonic() - opened_at >= _HEALTHY_AFTER_S:
-                        failures = 0
-            except Exception:  # a bug here must not end the button for good
-                self._report("bug", "button reader failed unexpectedly; retrying", logging.ERROR, exc_info=True)
-            if self._stopping.is_set():
-                break
-            self._stopping.wait(self._backoff_s[min(failures, len(self._backoff_s) - 1)])
-            failures += 1
+        reconnect_loop(
+            self._stopping,
+            self._backoff_s,
+            self._open,
+            self._serve,
+            lambda: self._report("bug", "button reader failed unexpectedly; retrying", logging.ERROR, exc_info=True),
+        )
 
     def _open(self) -> serial.Serial | None:
         self.stats.open_attempts += 1
@@ -605,3 +596,30 @@ class SerialButton:
             os.write(self._wake_w, b"!")
         except BlockingIOError:
             pass  # the pipe is full of wake-ups already
+
+
+def reconnect_loop(
+    stopping: threading.Event,
+    backoff_s: tuple[float, ...],
+    connect: Callable[[], object | None],
+    serve: Callable[[object], None],
+    on_bug: Callable[[], None],
+) -> None:
+    """Connect, serve, and after any failure wait a step of the backoff, until `stopping` is set (the serial and
+    the GPIO button's thread). connect() returns None when it failed (and said why); a connection that lasted
+    _HEALTHY_AFTER_S starts the backoff again from its first step; a bug is reported and retried, never fatal."""
+    failures = 0
+    while not stopping.is_set():
+        try:
+            connection = connect()
+            if connection is not None:
+                connected_at = time.monotonic()
+                serve(connection)
+                if time.monotonic() - connected_at >= _HEALTHY_AFTER_S:
+                    failures = 0
+        except Exception:  # a bug here must not end the button for good
+            on_bug()
+        if stopping.is_set():
+            break
+        stopping.wait(backoff_s[min(failures, len(backoff_s) - 1)])
+        failures += 1
