@@ -9,6 +9,7 @@ test:
 lint:
 	.venv/bin/ruff check robot audio engines tests scripts
 	.venv/bin/ruff format --check robot audio engines tests scripts
+	.venv/bin/mypy
 bench:
 	scripts/setup.sh --test
 	.venv/bin/python scripts/bench_voice.py

@@ -45,6 +45,8 @@ class VadSettings:
     min_speech_ms: int
     end_silence_ms: int
     max_utterance_s: float
+    # silence that ends an utterance the recognizer already holds as a complete request (robot/listener.py); 0: off
+    complete_silence_ms: int = 0
 
 
 class EnergyVad:
@@ -63,6 +65,11 @@ class EnergyVad:
         self._silent_run = 0
         self._length = 0
 
+    @property
+    def silence_ms(self) -> int:
+        """How long the utterance in progress has been silent (0 outside speech)."""
+        return self._silent_run * self._s.frame_ms if self.is_in_speech else 0
+
     def reset(self) -> None:
         self._preroll.clear()
         self.is_in_speech = False
@@ -75,8 +82,20 @@ class EnergyVad:
     def is_voiced(self, level_dbfs: float) -> bool:
         return level_dbfs >= max(self.noise_floor_dbfs + self._s.margin_db, self._s.min_level_dbfs)
 
-    def process(self, frame: np.ndarray) -> VadResult:
-        level = rms_dbfs(frame)
+    def take_quiet(self, frames, levels_dbfs: list[float]) -> bool:
+        """Outside speech, take a block of frames at once when every one is below min_level_dbfs (so unvoiced
+        whatever the floor): the state is then what process() frame by frame would leave. False, and nothing
+        taken, otherwise."""
+        if self.is_in_speech or max(levels_dbfs, default=0.0) >= self._s.min_level_dbfs:
+            return False
+        self._recent_levels.extend(levels_dbfs)
+        self._preroll.extend(frames)
+        self._voiced_run = 0
+        return True
+
+    def process(self, frame: np.ndarray, level_dbfs: float | None = None) -> VadResult:
+        """level_dbfs: the frame's rms_dbfs when already known (frame_levels_dbfs over a whole block)."""
+        level = rms_dbfs(frame) if level_dbfs is None else level_dbfs
         if not self.is_in_speech:  # the floor is learnt outside speech and held during it
             self._recent_levels.append(level)
         voiced = self.is_voiced(level)

@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-import collections
 import logging
-import os
-import signal
 from collections.abc import AsyncIterator, Sequence
 
+from engines import child
 from engines import protocol as p
 
 log = logging.getLogger(__name__)
 
-STDERR_TAIL_LINES = 20
+EXIT_NAMES = {int(code): code.name.lower().replace("_", " ") for code in p.ExitCode}  # the engines' exit table
 
 
 class EngineError(RuntimeError):
@@ -48,65 +46,42 @@ class EngineStalled(EngineError):
 
 
 def describe_exit(returncode: int | None) -> str:
-    """An exit status in words, as a person reading a log needs it."""
-    if returncode is None:
-        return "is still running"
-    if returncode < 0:
-        sig = -returncode
-        try:
-            name = signal.Signals(sig).name
-        except ValueError:
-            name = f"signal {sig}"
-        hint = ", possibly out of memory" if sig == signal.SIGKILL else ""
-        return f"was killed by {name}{hint}"
-    try:
-        return f"exited with status {returncode} ({p.ExitCode(returncode).name.lower().replace('_', ' ')})"
-    except ValueError:
-        return f"exited with status {returncode}"
+    """An engine's exit status in words, as a person reading a log needs it."""
+    return child.describe_exit(returncode, EXIT_NAMES)
 
 
 class EngineClient:
     """One engine child process. Not shared between concurrent generations: the protocol runs one at a time."""
 
     def __init__(self, argv: Sequence[str], *, name: str = "engine", env: dict[str, str] | None = None) -> None:
-        self._argv = list(argv)
         self._name = name
-        self._env = env
-        self._proc: asyncio.subprocess.Process | None = None
-        self._stderr_tail: collections.deque[str] = collections.deque(maxlen=STDERR_TAIL_LINES)
-        self._stderr_task: asyncio.Task | None = None
+        self._child = child.Child(
+            argv, name=name, env=env, stdout_limit_bytes=p.MAX_FRAME_BYTES + 1, exit_names=EXIT_NAMES
+        )
         self._next_id = 1
         self.ready: p.Ready | None = None
         self.chat_template = ""  # set by whoever knows the model: prompts for it are wrapped in this template
-        self._stopping: asyncio.Future | None = None  # the one stop in progress or done
-        self.was_killed_by_us = False  # stop() had to signal it: its death says nothing about memory
 
     @property
     def pid(self) -> int | None:
-        return self._proc.pid if self._proc else None
+        return self._child.pid
 
     @property
     def is_running(self) -> bool:
-        return self._proc is not None and self._proc.returncode is None
+        return self._child.is_running
+
+    @property
+    def was_killed_by_us(self) -> bool:
+        """stop() had to signal it: its death says nothing about memory."""
+        return self._child.was_signalled_by_us
 
     async def wait_exit(self) -> int | None:
         """Until the engine process ends (by itself, killed, or stopped); its exit status as asyncio gives it."""
-        if self._proc is None:
-            return None
-        return await self._proc.wait()
+        return await self._child.wait()
 
     async def start(self, timeout_s: float) -> p.Ready:
         """Spawn the engine and wait for its Ready frame."""
-        self._proc = await asyncio.create_subprocess_exec(
-            *self._argv,
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-            env=self._env,
-            start_new_session=True,  # its own process group, so that stop() ends helpers too
-            limit=p.MAX_FRAME_BYTES + 1,
-        )
-        self._stderr_task = asyncio.create_task(self._log_stderr(), name=f"{self._name}-stderr")
+        await self._child.start()
         try:
             frame = await self._read_frame(timeout_s, "ready frame")
         except BaseException:
@@ -122,13 +97,13 @@ class EngineClient:
         return frame
 
     async def generate(
-        self, request_fields: dict, *, first_token_timeout_s: float, token_timeout_s: float
+        self, asked: p.Request, *, first_token_timeout_s: float, token_timeout_s: float
     ) -> AsyncIterator[p.Token | p.Done]:
         """Send one generate request and yield its Token frames and then its Done frame.
 
         Leaving the iteration early (break, exception, task cancellation) cancels the generation in the engine.
         """
-        request = p.Generate(id=self._take_id(), **request_fields)
+        request = p.Generate.of(asked, self._take_id())
         await self._send(request)
         is_finished = False
         try:
@@ -160,58 +135,33 @@ class EngineClient:
             pass
 
     async def stop(self, timeout_s: float = 2.0) -> int | None:
-        """Ask the engine to exit, then terminate and kill its process group. Returns the exit status.
+        """Ask the engine to exit (a shutdown frame, then end of input), then terminate and kill its process group,
+        timeout_s each. Returns the exit status.
 
         Safe to call from several tasks at once (a stalled generation and the supervisor that saw the exit): they
         share one stop, and cancelling one caller does not cancel the stop for the others."""
-        if self._proc is None:
-            return None
-        if self._stopping is None:
-            self._stopping = asyncio.ensure_future(self._stop(timeout_s))
-        return await asyncio.shield(self._stopping)
+        return await self._child.stop(timeout_s, ask=lambda: self._send(p.Shutdown()))
 
-    async def _stop(self, timeout_s: float) -> int | None:
-        proc = self._proc
-        assert proc is not None
-        if proc.returncode is None:
-            try:
-                await self._send(p.Shutdown())
-                proc.stdin.close()
-            except (ConnectionError, EngineError):
-                pass
-            for sig in (None, signal.SIGTERM, signal.SIGKILL):
-                if sig is not None:
-                    log.info("%s did not exit; sending %s", self._name, sig.name)
-                    _signal_group(proc.pid, sig)
-                    self.was_killed_by_us = True
-                try:
-                    await asyncio.wait_for(proc.wait(), timeout_s)
-                    break
-                except TimeoutError:
-                    continue
-        _signal_group(proc.pid, signal.SIGKILL)  # helpers the engine may have left behind in its group
-        if self._stderr_task:
-            await asyncio.wait([self._stderr_task], timeout=1.0)
-            self._stderr_task.cancel()
-        return proc.returncode
+    def kill_now(self) -> None:
+        """SIGKILL the engine's process group, for when a polite stop has stalled."""
+        self._child.kill_now()
 
     def _take_id(self) -> int:
         request_id, self._next_id = self._next_id, self._next_id + 1
         return request_id
 
     async def _send(self, frame: p.Frame) -> None:
-        if not self.is_running or self._proc.stdin is None:
+        if not self.is_running:
             raise EngineError("exited", "engine is not running")
-        self._proc.stdin.write(p.encode(frame))
+        self._child.stdin.write(p.encode(frame))
         try:
-            await asyncio.wait_for(self._proc.stdin.drain(), 5.0)
+            await asyncio.wait_for(self._child.stdin.drain(), 5.0)
         except TimeoutError:
             raise EngineStalled("read of our request", 5.0) from None
 
     async def _read_frame(self, timeout_s: float, what: str) -> p.Frame:
-        assert self._proc is not None and self._proc.stdout is not None
         try:
-            line = await asyncio.wait_for(self._proc.stdout.readline(), timeout_s)
+            line = await asyncio.wait_for(self._child.stdout.readline(), timeout_s)
         except TimeoutError:
             await self.stop(0.5)
             raise EngineStalled(what, timeout_s) from None
@@ -227,32 +177,9 @@ class EngineClient:
             raise EngineError(p.ErrorCode.PROTOCOL, f"engine sent a malformed frame: {e}") from None
 
     async def _exited(self) -> EngineExited:
-        assert self._proc is not None
         try:
-            await asyncio.wait_for(self._proc.wait(), 1.0)
+            await asyncio.wait_for(self._child.wait(), 1.0)
         except TimeoutError:
             await self.stop(0.5)
-        if self._stderr_task:
-            await asyncio.wait([self._stderr_task], timeout=0.5)
-        return EngineExited(self._proc.returncode, " | ".join(self._stderr_tail))
-
-    async def _log_stderr(self) -> None:
-        assert self._proc is not None and self._proc.stderr is not None
-        while True:
-            try:
-                line = await self._proc.stderr.readline()
-            except ValueError:  # an over-long line: keep its start
-                line = b"(over-long line)"
-            if not line:
-                return
-            text = line.decode("utf-8", "replace").rstrip()[:500]
-            if text:
-                self._stderr_tail.append(text)
-                log.debug("%s: %s", self._name, text)
-
-
-def _signal_group(pid: int, sig: int) -> None:
-    try:
-        os.killpg(pid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
+        await self._child.wait_for_stderr(0.5)
+        return EngineExited(self._child.returncode, self._child.stderr_tail)

@@ -12,6 +12,7 @@ import mmap
 import os
 import struct
 from dataclasses import dataclass
+from typing import Any
 
 GGUF_MAGIC = b"GGUF"
 MAX_TENSORS = 1 << 20
@@ -102,7 +103,7 @@ def _walk(c: _Cursor, size: int) -> GgufInfo:
         raise GgufError(f"{path}: the GGUF file holds no tensors")
     if n_tensors > MAX_TENSORS or n_kv > MAX_KV:
         raise GgufError(f"{path}: header claims {n_tensors} tensors and {n_kv} metadata keys; not a sane model")
-    meta: dict[str, object] = {}
+    meta: dict[str, Any] = {}  # GGUF metadata values: numbers, strings, arrays
     for _ in range(n_kv):
         key = c.string().decode("utf-8", "replace")
         meta[key] = _value(c, c.scalar("<I", 4), depth=0)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import enum
 import json
 import math
-from dataclasses import MISSING, asdict, dataclass, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from typing import Any, ClassVar
 
 PROTOCOL_VERSION = 1
@@ -69,12 +69,11 @@ class StopReason(enum.StrEnum):
 # --- frames from the parent to the engine -------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Generate:
-    """Start one generation. The engine answers with Token frames and then one Done or Error frame."""
+@dataclass(frozen=True, slots=True)
+class Request:
+    """One generation asked of an engine: what crosses the engine boundary from the story. The client numbers it
+    and sends it as a Generate frame (the same fields, plus its id)."""
 
-    TYPE: ClassVar[str] = "generate"
-    id: int  # chosen by the parent, echoed in every reply about this generation
     prompt: str  # the text the model continues
     max_tokens: int = 256  # generated tokens, not counting the prompt
     temperature: float = 0.8  # 0 means greedy
@@ -86,7 +85,6 @@ class Generate:
     special: bool = False  # the prompt contains the model's special tokens (chat markup) to be parsed as such
 
     def __post_init__(self) -> None:
-        _check_id(self.id)
         if not self.prompt:
             raise ProtocolError("generate: prompt is empty")
         if len(self.prompt) > MAX_PROMPT_CHARS:
@@ -102,6 +100,28 @@ class Generate:
         for s in self.stop:
             if not isinstance(s, str) or not s or len(s) > MAX_STOP_CHARS:
                 raise ProtocolError(f"generate: stop strings must be 1-{MAX_STOP_CHARS} characters, got {s!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class Generate(Request):
+    """Start one generation. The engine answers with Token frames and then one Done or Error frame."""
+
+    TYPE: ClassVar[str] = "generate"
+    id: int = field(kw_only=True)  # chosen by the parent, echoed in every reply about this generation
+
+    def __post_init__(self) -> None:
+        _check_id(self.id)
+        super(Generate, self).__post_init__()  # explicit: slots=True makes a new class, and bare super() needs it
+
+    @classmethod
+    def of(cls, request: Request, request_id: int) -> Generate:
+        """The frame that asks for `request` as generation `request_id`."""
+        return cls(**{f.name: getattr(request, f.name) for f in fields(Request)}, id=request_id)
+
+    @property
+    def request(self) -> Request:
+        """What was asked, without the frame's id."""
+        return Request(**{f.name: getattr(self, f.name) for f in fields(Request)})
 
 
 @dataclass(frozen=True)
@@ -183,7 +203,10 @@ _ENUM_FIELDS: dict[str, type[enum.Enum]] = {"reason": StopReason, "code": ErrorC
 def encode(frame: Frame) -> bytes:
     """One frame as a line of bytes."""
     body: dict[str, Any] = {"v": PROTOCOL_VERSION, "type": frame.TYPE}
-    for key, value in asdict(frame).items():
+    values = asdict(frame)
+    if "id" in values and isinstance(frame, Generate):
+        body["id"] = values.pop("id")  # the frame's id leads, as in the protocol document's examples
+    for key, value in values.items():
         body[key] = value.value if isinstance(value, enum.Enum) else value
     line = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode("utf-8") + b"\n"
     if len(line) > MAX_FRAME_BYTES:
@@ -215,7 +238,7 @@ def decode(line: bytes) -> Frame:
     return _build(cls, body)
 
 
-def _build(cls: type, body: dict[str, Any]) -> Frame:
+def _build(cls: Any, body: dict[str, Any]) -> Frame:  # one of the frame classes
     known = {f.name: f for f in fields(cls)}
     unknown = sorted(set(body) - set(known))
     if unknown:

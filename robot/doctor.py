@@ -5,7 +5,7 @@ the sound devices, the model files, and what is degraded.
     storybot doctor --set memory.board=k230-512m      plan as if on that board (the guards shown are still ours)
     STORYBOT_DOCTOR_JSON=1 storybot doctor            the same as one JSON object on stdout
     python -m robot.doctor [--set SECTION.KEY=VALUE]  without the console script (e.g. inside a test cgroup)
-    python -m robot.memplan                           the plan for every board profile
+    python -m robot.memory.plan                           the plan for every board profile
 
 Exit status: 0 a plan exists (possibly degraded); 69 no model fits (the plan's refusal says why, with numbers);
 78 configuration error (e.g. an unknown memory.board).
@@ -20,11 +20,12 @@ import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from robot import memplan
-from robot.config import EX_CONFIG, Config, ConfigError, check_semantics, load_config
-from robot.guard import PSI_PATH, parse_psi
+from robot.memory import plan as memplan
+from robot.memory.guard import PSI_PATH, parse_psi
+from robot.plumbing.config import EX_CONFIG, Config, ConfigError, check_semantics, load_config
+from robot.plumbing.exits import Exit
 
-EX_NO_PLAN = 69  # EX_UNAVAILABLE: no model fits this machine
+EX_NO_PLAN = Exit.UNAVAILABLE  # no model fits this machine
 
 
 @dataclass(frozen=True)
@@ -61,6 +62,8 @@ def build_report(config: Config) -> tuple[dict, int]:
         report["plan"] = plan.as_dict()
         if plan.asr_policy is not memplan.AsrPolicy.RESIDENT:
             degraded.append(f"ASR: {plan.asr_policy.value} ({plan.asr_bytes // memplan.MiB} MiB does not stay loaded)")
+        if plan.web_refusal:
+            degraded.append(f"the parents' page stays off: {plan.web_refusal}")
         if plan.context_tokens < config.engine.context_tokens:
             degraded.append(f"context {plan.context_tokens} tokens instead of {config.engine.context_tokens}")
         first = memplan.configured_model_paths(config)[:1]
@@ -79,6 +82,13 @@ def build_report(config: Config) -> tuple[dict, int]:
     if config.memory.board != "auto":
         board = memplan.load_board(config.memory.board)
         report["board_profile"] = asdict(board)
+    if config.engine.backend == "remote":
+        from robot.remote_host import doctor_report
+
+        report["remote"] = remote = doctor_report(config.engine)
+        if not remote["is_up"]:
+            degraded.append(f"remote engine: {remote['problem']}; the next story uses {remote['next_engine']}")
+        config = _local_fallback(config)
     report["models"] = [asdict(c) for c in model_checks(memplan.configured_model_paths(config))]
     degraded += [f"model: {m['detail']}" for m in report["models"] if not m["is_ok"]]
     report["audio"] = audio_check()
@@ -89,6 +99,18 @@ def build_report(config: Config) -> tuple[dict, int]:
 
 
 _NEEDED = ("memory cgroup", "PSI")
+
+
+def _local_fallback(config: Config) -> Config:
+    """The configuration whose models are checked: a remote engine's local fallback's (none: no model)."""
+    from dataclasses import replace
+
+    fallback = config.engine.remote_fallback
+    if fallback == "none":
+        return replace(
+            config, engine=replace(config.engine, model=""), memory=replace(config.memory, fallback_models=())
+        )
+    return replace(config, engine=replace(config.engine, backend=fallback))
 
 
 def guard_checks(proc: str = "/proc", sys_block: str = "/sys/block") -> list[Check]:
@@ -236,8 +258,11 @@ def format_report(report: dict, verbose: int = 0) -> str:
     plan = report.get("plan")
     out.append("")
     if plan is not None:
+        lead = ""
+        if plan.get("primary") and plan["primary"] != plan["backend"]:
+            lead = f"{plan['primary']} engine, with the local fallback "
         out.append(
-            f"plan: {plan['backend']} {plan['model_name']}, context {plan['context_tokens']} tokens "
+            f"plan: {lead}{plan['backend']} {plan['model_name']}, context {plan['context_tokens']} tokens "
             f"(guard shortens to {plan['short_context_tokens']}), threads {plan['threads']}, ASR {plan['asr_policy']}"
         )
         out.append(
@@ -245,7 +270,8 @@ def format_report(report: dict, verbose: int = 0) -> str:
             f"(headroom {_mib(plan['headroom_bytes'])}; reserve {_mib(plan['reserve_bytes'])} kept free)"
         )
         out.append(
-            f"  daemon {_mib(plan['daemon_bytes'])}, TTS {_mib(plan['tts_bytes'])}, ASR {_mib(plan['asr_bytes'])}, "
+            f"  daemon {_mib(plan['daemon_bytes'])}, microphone {_mib(plan['microphone_bytes'])}, "
+            f"aplay {_mib(plan['playback_bytes'])}, TTS {_mib(plan['tts_bytes'])}, ASR {_mib(plan['asr_bytes'])}, "
             f"engine overhead {_mib(plan['engine_overhead_bytes'])}, weights {_mib(plan['weights_bytes'])}, "
             f"KV cache {_mib(plan['kv_cache_bytes'])}"
         )
@@ -253,6 +279,12 @@ def format_report(report: dict, verbose: int = 0) -> str:
     else:
         out.append("plan: NONE, no model fits")
         out.extend(f"  - {r}" for r in report["refused"])
+    if "remote" in report:
+        r = report["remote"]
+        out.append("")
+        answer = f"answers in {r['latency_ms']:.0f} ms" if r["is_up"] else f"DOWN: {r['problem']}"
+        out.append(f"remote engine: {r['server']} ({r['api']} API, model {r['model']}): {answer}")
+        out.append(f"  local fallback: {r['fallback']}; the next story uses {r['next_engine']}")
     if "board_profile" in report:
         b = report["board_profile"]
         out.append("")

@@ -1,24 +1,22 @@
 """Keeps the configured engine process available: checks the model before any spawn, starts the engine, and
 starts it again after it died, with capped exponential backoff; a permanent failure (a bad model, a bad command
-line) stops the retries. The engine is llama.cpp (GGUF) or storybot-llama2c (llama2.c checkpoints)."""
+line) stops the retries. Which engine, its model check and its command line are its back end's (engines/registry.py)."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import os
-import shutil
 import signal
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import replace
-from pathlib import Path
 
+from engines import registry
 from engines.client import EngineClient, EngineError, EngineExited, describe_exit
-from engines.gguf import GgufError, GgufInfo, check_gguf
-from engines.models import ModelError, ensure_default_model
-from robot.config import EngineConfig
+from engines.protocol import ExitCode
+from robot.plumbing.backoff import Backoff
+from robot.plumbing.config import EngineConfig
 
 log = logging.getLogger(__name__)
 
@@ -36,13 +34,20 @@ class EngineUnavailable(RuntimeError):
 
 
 class EngineHost:
-    def __init__(self, config: EngineConfig, *, on_status: Callable[[str], None] = lambda problem: None) -> None:
-        """on_status(problem): called with what keeps the engine from working, "" when it works again."""
+    def __init__(
+        self,
+        config: EngineConfig,
+        *,
+        on_status: Callable[[str], None] = lambda problem: None,
+        smaller_context_tokens: int = 0,
+    ) -> None:
+        """on_status(problem): called with what keeps the engine from working, "" when it works again.
+        smaller_context_tokens: after an out-of-memory death the engine starts again with this, if smaller."""
         self._config = config
         self.on_status = on_status
         self._client: EngineClient | None = None
         self._lock = asyncio.Lock()  # one start at a time: the warm-up, the supervisor and a story may race
-        self._failures = 0
+        self._backoff = Backoff(RESTART_BACKOFF_S, healthy_after_s=HEALTHY_AFTER_S)
         self._next_start_at = 0.0
         self._started_at = 0.0
         self._permanent: EngineUnavailable | None = None
@@ -50,9 +55,9 @@ class EngineHost:
         self._is_closing = False
         self._is_restart_pending = False  # the context changed: start the engine again before the next story
         self.model_path: str | None = None
-        self.model_info: GgufInfo | None = None
+        self._model: registry.CheckedModel | None = None  # the model as its back end checked it
         self.starts = 0  # engine processes spawned, for the logs and tests
-        self.smaller_context_tokens = 0  # after an out-of-memory death the engine starts again with this, if smaller
+        self.smaller_context_tokens = smaller_context_tokens
 
     @property
     def config(self) -> EngineConfig:
@@ -61,43 +66,24 @@ class EngineHost:
     # --- the model ------------------------------------------------------------------------------------
 
     def resolve_model(self) -> str:
-        """The model file, checked before any engine is spawned for it."""
-        if self._config.backend == "llama2c":
-            return self._resolve_llama2c()
+        """The model file, checked by its back end before any engine is spawned for it. The engine follows the
+        file: a file another back end claims (a GGUF: llama.cpp) goes to that one, whatever engine.backend says,
+        unless engine.backend is one that checks no model file (command)."""
+        if registry.get(self._config.backend).reads_model_files:
+            follows = registry.backend_for_file(self._config.model)
+            if follows and follows != self._config.backend:
+                log.info("engine.model %s is for %s: using that engine", self._config.model, follows)
+                self._config = replace(self._config, backend=follows)
         try:
-            path = self._config.model or str(ensure_default_model())
-            self.model_info = check_gguf(path)
-        except ModelError as e:
+            self._model = registry.get(self._config.backend).check_model(self._config)
+        except registry.ModelRejected as e:
             raise EngineUnavailable(str(e), is_permanent=True) from None
-        except OSError as e:
-            raise EngineUnavailable(f"model {e.filename}: {e.strerror}", is_permanent=True) from None
-        except GgufError as e:
-            raise EngineUnavailable(f"model rejected: {e}", is_permanent=True) from None
-        return path
-
-    def _resolve_llama2c(self) -> str:
-        from engines.llama2c_ref import FormatError, check_checkpoint, check_tokenizer
-
-        if not self._config.model:
-            raise EngineUnavailable("engine.backend is llama2c but engine.model names no checkpoint", is_permanent=True)
-        try:
-            info = check_checkpoint(self._config.model)
-            check_tokenizer(self.tokenizer_path(), info.config.vocab_size)
-        except FormatError as e:
-            raise EngineUnavailable(f"model rejected: {e}", is_permanent=True) from None
-        return self._config.model
-
-    def tokenizer_path(self) -> str:
-        return self._config.tokenizer or str(Path(self._config.model).with_name("tokenizer.bin"))
+        return self._model.path
 
     def argv(self, model_path: str) -> list[str]:
-        c = self._config
-        if c.backend == "llama2c":
-            binary = shutil.which("storybot-llama2c") or str(Path(sys.executable).with_name("storybot-llama2c"))
-            return [binary, model_path, "--serve", "-z", self.tokenizer_path(), "-j", str(c.threads),
-                    "--context", str(c.context_tokens)]  # fmt: skip
-        return [sys.executable, "-m", "engines.llamacpp_worker", "--model", model_path,
-                "--threads", str(c.threads), "--context", str(c.context_tokens)]  # fmt: skip
+        if self._model is None or self._model.path != model_path:
+            self._model = registry.CheckedModel(model_path)
+        return registry.get(self._config.backend).argv(self._config, self._model)
 
     # --- the process ----------------------------------------------------------------------------------
 
@@ -154,10 +140,10 @@ class EngineHost:
     async def _reap(self) -> None:
         """The engine ended by itself: say how, and when it starts again."""
         client, self._client = self._client, None
+        assert client is not None  # supervise() reaps the client it watched
         code = await client.stop(0.5)
-        if time.monotonic() - self._started_at > HEALTHY_AFTER_S:
-            self._failures = 0
-        is_out_of_memory = code == 71 or (code == -signal.SIGKILL and not client.was_killed_by_us)
+        self._backoff.ran_for(time.monotonic() - self._started_at)
+        is_out_of_memory = code == ExitCode.OUT_OF_MEMORY or (code == -signal.SIGKILL and not client.was_killed_by_us)
         if is_out_of_memory and 0 < self.smaller_context_tokens < self._config.context_tokens:
             log.warning("the engine may have run out of memory: its next start uses the smaller plan")
             self.use_context(self.smaller_context_tokens)
@@ -165,10 +151,9 @@ class EngineHost:
         self._failed(f"the engine {describe_exit(code)}")
 
     def _failed(self, why: str) -> None:
-        delay_s = RESTART_BACKOFF_S[min(self._failures, len(RESTART_BACKOFF_S) - 1)]
-        self._failures += 1
+        delay_s = self._backoff.failed()
         self._next_start_at = time.monotonic() + delay_s
-        log.warning("%s; starting the engine again in %g s (failure %d)", why, delay_s, self._failures)
+        log.warning("%s; starting the engine again in %g s (failure %d)", why, delay_s, self._backoff.failures)
         self.on_status(f"engine restarting after: {why}")
 
     def give_up(self, error: EngineUnavailable) -> None:
@@ -227,7 +212,7 @@ class EngineHost:
     def chat_template(self) -> str:
         """The template to wrap prompts in: the model's own for instruct models, "" for completion."""
         style = self._config.prompt_style
-        template = self.model_info.chat_template if self.model_info else ""
+        template = self._model.chat_template if self._model else ""
         if style == "chat" and not template:
             log.warning(
                 "engine.prompt_style is chat but %s carries no chat template; using completion", self.model_path
@@ -236,11 +221,8 @@ class EngineHost:
 
     def kill_now(self) -> None:
         """SIGKILL the engine's process group, for when a polite stop has stalled."""
-        if self._client is not None and self._client.pid is not None:
-            try:
-                os.killpg(self._client.pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
+        if self._client is not None:
+            self._client.kill_now()
 
     async def close(self) -> None:
         self._is_closing = True

@@ -7,6 +7,11 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # for the annotations only: the vocabulary imports nothing of the parts
+    from audio.playback import Sink
+    from robot.story.session import StoryResult
 
 
 class State(enum.Enum):
@@ -19,7 +24,7 @@ class State(enum.Enum):
 
 
 class Source(enum.Enum):
-    TEXT = "text"  # a typed request (storybot tell)
+    TEXT = "text"  # a typed request (storybot tell, the parents' page)
     VOICE = "voice"
     BUTTON = "button"  # a push button, or Enter on a terminal
 
@@ -82,18 +87,52 @@ class StoryRequested:
     text: str
     source: Source
     at: float
+    seed: int = -1  # the engine's seed; -1: engine.seed, or a new one (a favourite replayed gives its own)
+    is_bedtime: bool | None = None  # None: as the configuration and the parents' quiet hours say
 
 
 @dataclass(frozen=True)
-class StoryAudible:
-    """The first sample of the story reached the speaker."""
+class StopRequested:
+    """Stop the story being told (the parents' page); nothing when none is."""
 
-    at: float
+    source: Source
+
+
+@dataclass(frozen=True)
+class VolumeSet:
+    """A parent set the volume and its cap (0.1-1.0 each; the volume is held at or below the cap)."""
+
+    volume: float
+    cap: float
+
+
+@dataclass(frozen=True)
+class SentenceStarted:
+    """A sentence of telling `story` starts playing; the first one (index 0) makes the story audible."""
+
+    story: int  # which telling: a stopped story's last sentence can arrive after the next one started
+    index: int  # 0 for the first sentence heard
+    text: str
+
+
+@dataclass(frozen=True)
+class SpeakerOpened:
+    """The speaker of telling `story` is open: the state owner stops it at once and sets its volume."""
+
+    story: int
+    sink: Sink
+
+
+@dataclass(frozen=True)
+class EngineGaveUp:
+    """The engine a story waited for cannot start with this model at all (a bad model): the exit status says so."""
+
+    message: str
 
 
 @dataclass(frozen=True)
 class StoryEnded:
-    result: object  # robot.story.StoryResult
+    result: StoryResult
     story: int = 0  # which telling ended: a stopped story's end can arrive after the next one started
 
 
@@ -114,14 +153,19 @@ class EngineStatus:
     """What keeps the engine from working ("" when it works)."""
 
     problem: str
+    what: str = "engine"  # the part STATUS names: "engine", or "remote engine" (the server, robot/remote_host.py)
 
 
 @dataclass(frozen=True)
 class MemoryPressure:
-    """The memory guard changed level (robot.guard.Level: 0 ok ... 5 canned stories only)."""
+    """The memory guard changed level (robot.memory.guard.Level: 0 ok ... 5 canned stories only). The state owner
+    alone acts on it: the engine's context, holding the engine stopped (engine_hold non-empty: why) or releasing
+    it, and the story being told."""
 
     level: int
     description: str
+    context_tokens: int = 0  # the engine's context from the next story (0: as it is)
+    engine_hold: str = ""
 
 
 @dataclass(frozen=True)
@@ -139,7 +183,11 @@ Event = (
     | TranscriptFinal
     | CommandHeard
     | StoryRequested
-    | StoryAudible
+    | StopRequested
+    | VolumeSet
+    | SentenceStarted
+    | SpeakerOpened
+    | EngineGaveUp
     | StoryEnded
     | ListenerFailed
     | ListenerReady

@@ -3,6 +3,13 @@
 Half-duplex: while the gate is closed (the robot is thinking or speaking) the robot never takes what it hears
 for a request. It listens only for the voice commands then (the recognizer's command grammar), in utterances of
 at most MAX_COMMAND_S: the robot's own voice leaking into the microphone makes long utterances, which are dropped.
+
+A request ends after end_silence_ms of silence, unless the recognizer had heard a whole request by the time the
+voice stopped: a sentence of its grammar ("tell me a story about a dragon who loves tea") as the partial transcript
+of the first silent frame. That one ends after complete_silence_ms, so the robot answers sooner; an unfinished one
+("a story about a") waits the full silence for the rest. What the decoder makes of the silence itself counts for
+nothing: a grammar decoder fed silence revises its last words both ways, forcing "a story about a" onto a whole
+request ("a story about a fairy") and "go on" onto an unfinished one ("go on the"), within 60-120 ms.
 """
 
 from __future__ import annotations
@@ -17,6 +24,7 @@ from dataclasses import dataclass
 from audio.asr import AsrError, Recognizer
 from audio.capture import Microphone, MicStalled
 from audio.devices import DeviceError
+from audio.speech import frame_levels_dbfs
 from audio.vad import EnergyVad, VadEvent, VadSettings
 from robot.events import (
     CommandHeard,
@@ -27,11 +35,23 @@ from robot.events import (
     TranscriptFinal,
     TranscriptPartial,
 )
+from robot.plumbing.backoff import Backoff
 
 log = logging.getLogger(__name__)
 
 REOPEN_BACKOFF_S = (1.0, 2.0, 4.0, 8.0, 15.0, 30.0)
 MAX_COMMAND_S = 3.0  # a spoken command is short; longer speech while the robot talks is not one
+# A command ends after this much silence, not vad.end_silence_ms: "stop" must stop the story within a second of
+# the word, and a command is a word or two, with no pause inside to wait out.
+COMMAND_END_SILENCE_S = 0.3
+# While the robot speaks a frame is speech only from this level up: what the echo canceller leaves of the robot's
+# own voice at full volume comes in bursts of -50 to -35 dBFS (measured in the leaky sound room; the story itself is
+# at -15 dBFS there), and one such burst next to a child's "stop" made an utterance too long to be a command.
+COMMAND_MIN_LEVEL_DBFS = -35.0
+# Hold-off against the robot's own words: what is said in the first seconds of a story is not taken for a command.
+# The echo canceller learns the room again at each story's start (each story opens a new output stream) for about
+# 1.2-1.5 s (measured in the leaky sound room), and its robot's voice was heard as "what did you say" (repeat).
+COMMAND_HOLD_OFF_S = 2.0
 
 
 class Listener:
@@ -52,13 +72,17 @@ class Listener:
         self._make_microphone = make_microphone
         self._make_recognizer = make_recognizer
         self._vad = EnergyVad(vad_settings)
+        self._vad_settings = vad_settings
         self._end_silence_s = vad_settings.end_silence_ms / 1000.0
+        self._complete_silence_ms = min(vad_settings.complete_silence_ms, vad_settings.end_silence_ms)
         self._is_open = is_open
         self._is_command_time = is_command_time
         self._is_recognizer_wanted = is_recognizer_wanted
         self._recognizer: Recognizer | None = None
+        self._utterance: _Utterance | None = None
         self._is_end_requested = False
         self._muted_until = 0.0
+        self._command_since: float | None = None  # when the robot began thinking or speaking (commands only)
         # the recognizer is fed in order on one thread, off the event loop
         self._asr_thread = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="asr")
 
@@ -77,20 +101,23 @@ class Listener:
         except AsrError as e:
             self._post(ListenerFailed(str(e)))
             return
-        failures = 0
+        backoff = Backoff(REOPEN_BACKOFF_S)
         while True:
             mic = self._make_microphone()
+            mic.hold_quiet_below(self._vad_settings.min_level_dbfs)  # frames take_quiet() would take
             try:
                 mic.open()
+                # listening once audio flows (a stream can take a second or two to start): a request spoken
+                # before then would begin with no quiet for the detector to learn the room's level from
+                first_block = await mic.read_block()
                 log.info("listening on %s", mic.device_description)
                 self._post(ListenerReady(mic.device_description))
-                failures = 0
-                await self._listen(mic)
+                backoff.succeeded()
+                await self._listen(mic, first_block)
             except (DeviceError, MicStalled) as e:
-                if failures == 0:
+                if backoff.failures == 0:
                     self._post(ListenerFailed(str(e)))
-                delay = REOPEN_BACKOFF_S[min(failures, len(REOPEN_BACKOFF_S) - 1)]
-                failures += 1
+                delay = backoff.failed()
                 log.info("microphone: %s; trying again in %g s", e, delay)
                 await asyncio.sleep(delay)
             finally:
@@ -109,67 +136,155 @@ class Listener:
             log.info("speech recognizer loaded again in %.2f s", time.monotonic() - started)
         return self._recognizer
 
-    async def _listen(self, mic: Microphone) -> None:
-        loop = asyncio.get_running_loop()
-        utterance: _Utterance | None = None
+    async def _listen(self, mic: Microphone, first_block) -> None:
+        self._utterance = None
+        block = first_block
         while True:
-            frame = await mic.read()
-            if utterance is None:
-                try:
-                    recognizer = await self._swap_recognizer()
-                except AsrError as e:
-                    self._post(ListenerFailed(str(e)))
-                    recognizer = None
-                if recognizer is None:
-                    self._vad.reset()
-                    continue
-            if self._is_end_requested:
-                self._is_end_requested = False
-                if utterance is not None and not utterance.is_command:
-                    utterance = None
-                    self._vad.reset()
-                    text = await loop.run_in_executor(self._asr_thread, recognizer.finish)
-                    self._post(TranscriptFinal(text=text, end_of_speech_at=time.monotonic()))
-                    continue
-            is_open = self._is_open()
-            is_command = not is_open and self._is_command_time()
-            is_muted = time.monotonic() < self._muted_until
-            if (
-                is_muted
-                or not (is_open or is_command)
-                or (utterance is not None and utterance.is_command != is_command)
-            ):
-                if utterance is not None:  # the gate changed mid-utterance: what was heard counts for nothing
-                    await loop.run_in_executor(self._asr_thread, recognizer.finish)
-                    utterance = None
+            self._note_command_time()
+            levels_dbfs = frame_levels_dbfs(block)
+            if not await self._is_quiet_block_taken(block, levels_dbfs):
+                for frame, level_dbfs in zip(block, levels_dbfs, strict=True):
+                    await self._on_frame(frame, level_dbfs)
+            # within an utterance every block counts at once (its end is a stretch of quiet)
+            mic.is_urgent = self._utterance is not None or self._vad.is_in_speech
+            # a block of frames per wake-up, their levels in one pass: listening to silence costs little
+            block = await mic.read_block()
+
+    def _note_command_time(self) -> None:
+        """When the robot began thinking or speaking, for the hold-off (every block: quiet ones too)."""
+        if self._is_open() or not self._is_command_time():
+            self._command_since = None
+        elif self._command_since is None:
+            self._command_since = time.monotonic()
+
+    async def _is_quiet_block_taken(self, block, levels_dbfs: list[float]) -> bool:
+        """The common case of a quiet room between requests, a block at a time; what _on_frame would do."""
+        if self._utterance is not None or self._is_end_requested:
+            return False
+        try:
+            recognizer = await self._swap_recognizer()
+        except AsrError as e:
+            self._post(ListenerFailed(str(e)))
+            recognizer = self._recognizer = None
+        if (
+            recognizer is None
+            or time.monotonic() < self._muted_until
+            or not (self._is_open() or self._is_command_time())
+        ):
+            self._vad.reset()
+            return True
+        return self._vad.take_quiet(block, levels_dbfs)
+
+    async def _on_frame(self, frame, level_dbfs: float) -> None:
+        loop = asyncio.get_running_loop()
+        if self._utterance is None:
+            try:
+                await self._swap_recognizer()
+            except AsrError as e:
+                self._post(ListenerFailed(str(e)))
+                self._recognizer = None
+            if self._recognizer is None:
                 self._vad.reset()
-                continue
-            result = self._vad.process(frame)
-            if result.event is VadEvent.STARTED:
-                utterance = _Utterance(is_command, time.monotonic())
-                await loop.run_in_executor(self._asr_thread, recognizer.use_commands, is_command)
-                if not is_command:
-                    self._post(SpeechStarted(at=time.monotonic()))
-            if utterance is not None and result.frames:
-                pcm = b"".join(f.tobytes() for f in result.frames)
-                partial = await loop.run_in_executor(self._asr_thread, recognizer.accept, pcm)
-                if partial and not utterance.is_command:
-                    self._post(TranscriptPartial(partial))
-            if utterance is not None and result.event is VadEvent.ENDED:
-                end_at = time.monotonic() - (0.0 if result.is_cut_off else self._end_silence_s)
+                return
+        recognizer = self._recognizer
+        assert recognizer is not None  # an utterance in progress keeps its recognizer
+        utterance = self._utterance
+        if self._is_end_requested:
+            self._is_end_requested = False
+            if utterance is not None and not utterance.is_command:
+                self._utterance = None
+                self._vad.reset()
                 text = await loop.run_in_executor(self._asr_thread, recognizer.finish)
-                if not utterance.is_command:
-                    self._post(TranscriptFinal(text=text, end_of_speech_at=end_at))
-                elif end_at - utterance.started_at <= MAX_COMMAND_S and text:
-                    self._post(CommandHeard(text=text, at=end_at))
-                else:
-                    log.debug(
-                        "%.1f s of speech while speaking (%r): not a command", end_at - utterance.started_at, text
-                    )
-                utterance = None
+                self._post(TranscriptFinal(text=text, end_of_speech_at=time.monotonic()))
+                return
+        is_open = self._is_open()
+        is_command = not is_open and self._is_command_time()
+        is_muted = time.monotonic() < self._muted_until
+        if is_muted or not (is_open or is_command) or (utterance is not None and utterance.is_command != is_command):
+            if utterance is not None:  # the gate changed mid-utterance: what was heard counts for nothing
+                await loop.run_in_executor(self._asr_thread, recognizer.finish)
+                self._utterance = None
+            self._vad.reset()
+            return
+        if is_command and level_dbfs < COMMAND_MIN_LEVEL_DBFS:
+            level_dbfs = -120.0  # silence to the detector: at most what is left of the robot's own voice
+        result = self._vad.process(frame, level_dbfs)
+        if result.event is VadEvent.STARTED:
+            utterance = self._utterance = _Utterance(is_command, time.monotonic())
+            since = self._command_since
+            utterance.is_held_off = is_command and since is not None and time.monotonic() - since < COMMAND_HOLD_OFF_S
+            await loop.run_in_executor(self._asr_thread, recognizer.use_commands, is_command)
+            if not is_command:
+                self._post(SpeechStarted(at=time.monotonic()))
+        if utterance is not None and result.frames and not _is_past_command_length(utterance):
+            pcm = b"".join(f.tobytes() for f in result.frames)
+            partial, is_complete = await loop.run_in_executor(self._asr_thread, _accept, recognizer, pcm)
+            if partial is not None:
+                utterance.is_complete = is_complete
+            if self._vad.silence_ms <= self._vad_settings.frame_ms:  # speech, or the first frame of silence
+                utterance.was_complete_at_silence = utterance.is_complete
+            if partial and not utterance.is_command:
+                self._post(TranscriptPartial(partial))
+        if utterance is not None and result.event is VadEvent.NONE and self._is_request_complete(utterance):
+            silence_ms = self._vad.silence_ms
+            self._vad.reset()
+            self._utterance = None
+            text = await loop.run_in_executor(self._asr_thread, recognizer.finish)
+            log.debug("a whole request after %d ms of silence: %r", silence_ms, text)
+            self._post(TranscriptFinal(text=text, end_of_speech_at=time.monotonic() - silence_ms / 1000.0))
+            return
+        is_command_over = (
+            utterance is not None and utterance.is_command and self._is_command_over(utterance, level_dbfs)
+        )
+        if utterance is not None and (result.event is VadEvent.ENDED or is_command_over):
+            if is_command_over:
+                self._vad.reset()
+            silence_s = COMMAND_END_SILENCE_S if is_command_over else self._end_silence_s
+            end_at = time.monotonic() - (0.0 if result.is_cut_off else silence_s)
+            text = await loop.run_in_executor(self._asr_thread, recognizer.finish)
+            if not utterance.is_command:
+                self._post(TranscriptFinal(text=text, end_of_speech_at=end_at))
+            elif utterance.is_held_off:
+                log.debug("%r at the story's start (hold-off against the robot's own words): not a command", text)
+            elif end_at - utterance.started_at <= MAX_COMMAND_S and text:
+                self._post(CommandHeard(text=text, at=end_at))
+            else:
+                log.debug("%.1f s of speech while speaking (%r): not a command", end_at - utterance.started_at, text)
+            self._utterance = None
+
+    def _is_command_over(self, utterance: _Utterance, level_dbfs: float) -> bool:
+        """COMMAND_END_SILENCE_S of silence after a command-mode utterance's speech."""
+        if self._vad.is_voiced(level_dbfs):
+            utterance.silent_s = 0.0
+            return False
+        utterance.silent_s += self._vad_settings.frame_ms / 1000.0
+        return utterance.silent_s >= COMMAND_END_SILENCE_S
+
+    def _is_request_complete(self, utterance: _Utterance) -> bool:
+        """The request may end now: complete_silence_ms of silence after the voice stopped on a whole request."""
+        if utterance.is_command or not utterance.was_complete_at_silence or self._complete_silence_ms <= 0:
+            return False
+        return self._vad.silence_ms >= self._complete_silence_ms
+
+
+def _accept(recognizer: Recognizer, pcm: bytes) -> tuple[str | None, bool]:
+    """Feed audio (on the recognizer's thread): the partial transcript when it changed, and whether it is a whole
+    request."""
+    partial = recognizer.accept(pcm)
+    return partial, partial is not None and recognizer.is_complete(partial)
+
+
+def _is_past_command_length(utterance: _Utterance) -> bool:
+    """A command-mode utterance longer than MAX_COMMAND_S is no command: the rest of it is not decoded (the
+    decoder holds the GIL, and decoding the robot's own voice made the speaker's callback late)."""
+    return utterance.is_command and time.monotonic() - utterance.started_at > MAX_COMMAND_S
 
 
 @dataclass
 class _Utterance:
     is_command: bool  # decoded with the command grammar
     started_at: float
+    silent_s: float = 0.0  # the silence since its last voiced frame (command mode)
+    is_held_off: bool = False  # began within COMMAND_HOLD_OFF_S of the story's start
+    was_complete_at_silence: bool = False  # ... when the voice stopped (the first silent frame)
+    is_complete: bool = False  # the partial transcript is a whole request

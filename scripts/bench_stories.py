@@ -22,11 +22,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from robot.config import load_config  # noqa: E402
 from robot.engine_host import EngineHost  # noqa: E402
-from robot.prompt import build_prompt  # noqa: E402
-from robot.safety import SafetyFilter  # noqa: E402
-from robot.story import StoryPlan, StoryTeller  # noqa: E402
+from robot.plumbing.config import load_config  # noqa: E402
+from robot.story.prompt import build_prompt  # noqa: E402
+from robot.story.safety import SafetyFilter  # noqa: E402
+from robot.story.session import StoryPlan, StoryTeller  # noqa: E402
 from tests.harness import NullSink, RecordingTts, resolved  # noqa: E402
 
 # (request, the word a story about it should use again after the opening)

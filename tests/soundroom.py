@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
@@ -103,6 +104,12 @@ class Recorder:
             time.sleep(0.005)
         return False
 
+    async def wait_until_flowing(self, timeout_s: float = 10.0) -> None:
+        """Until the first chunk arrives (parec can take a few seconds to deliver it on a loaded machine)."""
+        deadline = time.monotonic() + timeout_s
+        while not self.chunks and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+
     def silent_since(self) -> float | None:
         """When the sound had surely stopped: the arrival of the first chunk after the last loud one."""
         loud = [
@@ -124,10 +131,10 @@ class Recorder:
 class Daemon:
     """`storybot run` in the sound room, its output collected by threads."""
 
-    def __init__(self, sound_room: SoundRoom, state_dir: Path, *overrides: str) -> None:
+    def __init__(self, sound_room: SoundRoom, state_dir: Path, *overrides: str, verbosity: str = "-v") -> None:
         args = [a for o in overrides for a in ("--set", o)]
         self.proc = subprocess.Popen(
-            [str(Path(sys.executable).with_name("storybot")), "run", "-v", *args],
+            [str(Path(sys.executable).with_name("storybot")), "run", verbosity, *args],
             env={**sound_room.env(), "STORYBOT_STATE_DIR": str(state_dir)},
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
@@ -147,6 +154,14 @@ class Daemon:
                     f"{what} did not happen within {timeout_s} s; stderr: {''.join(self.stderr)[-2000:]}"
                 )
             time.sleep(0.05)
+
+    def terminate(self, timeout_s: float = 15.0) -> None:
+        """SIGTERM, then SIGKILL if it has not ended within timeout_s."""
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
 
     def engine_pid(self) -> int | None:
         children = subprocess.run(["pgrep", "-P", str(self.proc.pid)], capture_output=True, text=True).stdout.split()

@@ -13,9 +13,10 @@ import pytest
 
 from audio.asr import AsrError, PocketSphinxRecognizer, VoskRecognizer
 from audio.speech import rms_dbfs
-from audio.tts import FliteTts, Pyttsx3Tts, Timeouts, TtsError
+from audio.tts import EspeakNgTts, FliteTts, Pyttsx3Tts, Timeouts, TtsError
 from audio.vad import EnergyVad, VadEvent, VadSettings
-from robot.paths import assets_dir
+from engines.child import Child
+from robot.plumbing.paths import assets_dir
 
 STORY_GRAMMAR = str(assets_dir() / "asr" / "story-requests.jsgf")
 
@@ -34,7 +35,7 @@ def assert_speech(audio, min_s: float) -> None:
 
 def test_flite_speaks_a_sentence():
     async def go():
-        tts = FliteTts("", Timeouts(5, 0.05))
+        tts = FliteTts("", Timeouts(5, 0.05), spawn=Child)
         try:
             return await tts.synthesize("Once upon a time, there was a dragon who loved tea.")
         finally:
@@ -43,11 +44,26 @@ def test_flite_speaks_a_sentence():
     assert_speech(run(go()), 2.0)
 
 
+def test_espeak_ng_speaks_a_sentence_even_one_that_looks_like_an_option():
+    """The lightest voice (a button-only board's): the text goes in on stdin, so "-x ..." is said, not parsed."""
+
+    async def go():
+        tts = EspeakNgTts("", 160, Timeouts(5, 0.05), spawn=Child)
+        try:
+            return [await tts.synthesize(t) for t in ("Once upon a time, there was a dragon.", "-w /tmp/x hello")]
+        finally:
+            await tts.close()
+
+    story, option = run(go())
+    assert_speech(story, 1.5)
+    assert_speech(option, 0.5)
+
+
 def test_pyttsx3_speaks_twice_in_one_worker():
     """pyttsx3's runAndWait is known to hang on a second call in some set-ups; ours must not."""
 
     async def go():
-        tts = Pyttsx3Tts("", 160, Timeouts(10, 0.05))
+        tts = Pyttsx3Tts("", 160, Timeouts(10, 0.05), spawn=Child)
         try:
             first = await tts.synthesize("The dragon poured a cup of tea.")
             pid = tts._proc.pid
@@ -64,7 +80,7 @@ def test_pyttsx3_speaks_twice_in_one_worker():
 
 def test_pyttsx3_speaks_korean():
     async def go():
-        tts = Pyttsx3Tts("ko", 160, Timeouts(10, 0.05))
+        tts = Pyttsx3Tts("ko", 160, Timeouts(10, 0.05), spawn=Child)
         try:
             return await tts.synthesize("옛날 옛적에 용이 살았어요.")
         finally:
@@ -82,7 +98,7 @@ def _hanging_program(tmp_path: Path) -> str:
 
 def test_a_hanging_synthesizer_is_killed_after_a_timeout_proportional_to_the_text(tmp_path):
     """A fake flite that never answers: real synthesizers cannot be made to hang on demand."""
-    tts = FliteTts("", Timeouts(0.5, 0.01), binary=_hanging_program(tmp_path))
+    tts = FliteTts("", Timeouts(0.5, 0.01), binary=_hanging_program(tmp_path), spawn=Child)
     started = time.monotonic()
     with pytest.raises(TtsError, match=r"no speech after 0\.6 s; killed"):
         run(tts.synthesize("x" * 10))
@@ -91,7 +107,7 @@ def test_a_hanging_synthesizer_is_killed_after_a_timeout_proportional_to_the_tex
 
 def test_a_killed_pyttsx3_worker_is_replaced():
     async def go():
-        tts = Pyttsx3Tts("", 160, Timeouts(10, 0.05))
+        tts = Pyttsx3Tts("", 160, Timeouts(10, 0.05), spawn=Child)
         try:
             await tts.synthesize("One.")
             dead = tts._proc.pid
@@ -108,7 +124,7 @@ def test_a_killed_pyttsx3_worker_is_replaced():
 
 def test_a_missing_synthesizer_is_named():
     with pytest.raises(TtsError, match="not installed"):
-        FliteTts("", Timeouts(1, 0), binary="no-such-flite")
+        FliteTts("", Timeouts(1, 0), binary="no-such-flite", spawn=Child)
 
 
 # --- recognition -----------------------------------------------------------------------------------
@@ -248,8 +264,8 @@ def test_the_vad_finds_speech_when_listening_begins_in_the_middle_of_it(espeak):
 
 def test_a_sentence_whose_synthesis_fails_once_is_tried_again():
     """The story teller retries a failed sentence once before it skips it."""
-    from robot.config import Config
-    from robot.story import StoryTeller
+    from robot.plumbing.config import Config
+    from robot.story.session import StoryTeller
 
     class FlakyTts:
         name = "flaky"
@@ -269,3 +285,66 @@ def test_a_sentence_whose_synthesis_fails_once_is_tried_again():
     teller = StoryTeller(Config(), tts, lambda i, s: None)
     assert run(teller._synthesize_one("Once upon a time.")) is not None
     assert tts.calls == 2
+
+
+# --- the lean daemon's speaker: aplay, one child per sentence ---------------------------------------------
+
+
+def _tone(seconds: float, rate_hz: int = 16000):
+    from audio.speech import Audio
+
+    t = np.arange(int(seconds * rate_hz)) / rate_hz
+    return Audio((np.sin(2 * np.pi * 440 * t) * 12000).astype(np.int16), rate_hz)
+
+
+def test_aplay_plays_a_sentence_to_its_end_and_a_stop_silences_it_at_once(sound_room, monkeypatch):
+    """Through the sound room's speaker (ALSA's default: the pulse plugin): a whole sentence plays and play() says
+    so; stop() mid-sentence kills the child's group, play() says it was interrupted, and the speaker goes quiet."""
+    from audio.playback import AplaySink
+    from tests.soundroom import Recorder
+
+    for key, value in sound_room.env().items():
+        monkeypatch.setenv(key, value)
+
+    async def go():
+        sink = AplaySink("", 1.0, spawn=Child)
+        assert await sink.play(_tone(0.4)) is True  # played to its end
+        recorder = Recorder()
+        try:
+            await recorder.wait_until_flowing()
+            playing = asyncio.ensure_future(sink.play(_tone(8.0)))
+            await asyncio.sleep(1.5)
+            stopped_at = time.monotonic()
+            sink.stop()
+            assert await asyncio.wait_for(playing, 5) is False  # interrupted, not an error
+            took_s = time.monotonic() - stopped_at
+            await asyncio.sleep(1.5)
+        finally:
+            recorder.stop()
+        await sink.close()
+        return recorder, stopped_at, took_s
+
+    recorder, stopped_at, took_s = run(go())
+    assert took_s < 1.0, f"play() returned {took_s:.2f} s after stop()"
+    heard_before = [c for at, c in recorder.chunks if stopped_at - 1.0 < at < stopped_at]
+    heard_after = [c for at, c in recorder.chunks if at > stopped_at + 0.5]
+    assert heard_before and rms_dbfs(np.concatenate(heard_before)) > -30.0, "the tone was not heard while it played"
+    assert heard_after and rms_dbfs(np.concatenate(heard_after)) < -50.0, "the speaker was not silent after stop()"
+
+
+def test_aplay_that_fails_mid_sentence_is_a_playback_error_naming_its_exit(sound_room, monkeypatch, tmp_path):
+    from audio.playback import AplaySink, PlaybackError
+
+    for key, value in sound_room.env().items():
+        monkeypatch.setenv(key, value)
+    fake = tmp_path / "aplay"  # takes the probe's 10 ms, then fails the way a lost device does
+    fake.write_text('#!/bin/sh\nhead -c 320 >/dev/null\n[ "$(head -c 1 | wc -c)" = 0 ] && exit 0\n'
+                    'echo "aplay: pcm_write: device lost" >&2\nexit 3\n')  # fmt: skip
+    fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
+
+    async def go():
+        sink = AplaySink("", 1.0, binary=str(fake), spawn=Child)
+        with pytest.raises(PlaybackError, match=r"aplay: exited with status 3.*device lost"):
+            await sink.play(_tone(0.5))
+
+    run(go())

@@ -1,4 +1,4 @@
-"""The GPIO push button (robot/button_gpio.py).
+"""The GPIO push button (robot/controls/button_gpio.py).
 
 This machine has no GPIO at all (no /dev/gpiochip*, no gpio-sim module, no configfs), so the tests come in three
 kinds:
@@ -27,8 +27,8 @@ import gpiod
 import pytest
 from gpiod.line import Bias, Direction, Edge, Value
 
-from robot.button_gpio import CONSUMER, GpioButton, line_settings
-from robot.button_serial import ButtonEvent
+from robot.controls.button_gpio import CONSUMER, GpioButton, line_settings
+from robot.controls.button_serial import ButtonEvent
 
 WAIT_S = 5.0  # the longest any single wait may take before the test fails
 FAST_BACKOFF_S = (0.02, 0.05)
@@ -295,7 +295,7 @@ def test_a_flood_is_rate_limited_in_whole_presses(make_button) -> None:
 
 
 def test_a_line_pressed_at_start_is_not_a_press(make_button, caplog) -> None:
-    caplog.set_level(logging.WARNING, logger="robot.button_gpio")
+    caplog.set_level(logging.WARNING, logger="robot.controls.button_gpio")
     fake = FakeLine(active=True)  # held, or stuck: gpio_active_low set the wrong way
     button, recorder = start_on(fake, make_button, long_press_ms=100)
     time.sleep(0.15)

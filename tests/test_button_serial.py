@@ -1,4 +1,4 @@
-"""The serial push-button (robot/button_serial.py) on real pseudo-terminals.
+"""The serial push-button (robot/controls/button_serial.py) on real pseudo-terminals.
 
 A pty stands in for the board: the test writes what a board would on the master end and reads the LED commands
 there. The robot opens the slave end through a symlink in tmp_path, as it would open /dev/serial/by-id/...; closing
@@ -25,8 +25,8 @@ import serial
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from robot import button_serial
-from robot.button_serial import (
+from robot.controls import button_serial
+from robot.controls.button_serial import (
     MAX_LINE_BYTES,
     ButtonEvent,
     ButtonStats,

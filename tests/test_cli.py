@@ -90,3 +90,9 @@ def test_tell_with_a_corrupt_model_says_why_and_exits_65(tmp_path):
     proc = storybot("tell", "a bear", "--wav", str(tmp_path / "x.wav"), "--set", f"engine.model='{model}'")
     assert proc.returncode == 65, proc.stderr
     assert "model rejected" in proc.stderr and "holds no tensors" in proc.stderr and str(model) in proc.stderr
+
+
+def test_listen_on_a_board_without_microphone_is_a_configuration_error():
+    proc = storybot("listen", "--set", "asr.backend=none", timeout=60)
+    assert proc.returncode == 78, proc.stderr
+    assert 'storybot listen needs a microphone (asr.backend = "none")' in proc.stderr

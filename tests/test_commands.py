@@ -13,12 +13,12 @@ import pytest
 
 from audio.speech import Audio
 from engines.client import EngineClient
-from robot.commands import Command, CommandPhrases, CommandsError
-from robot.config import load_config
+from robot.controls.commands import Command, CommandPhrases, CommandsError
 from robot.events import CommandHeard, ShutdownRequested, Source, State, StoryRequested, TranscriptFinal
-from robot.resume import StoryStore
+from robot.plumbing.config import load_config
+from robot.plumbing.settings import RuntimeSettings
 from robot.robot import Mode, Robot
-from robot.settings import RuntimeSettings
+from robot.story.resume import StoryStore
 from tests.harness import RecordingTts
 
 SCRIPTED_ENGINE = str(Path(__file__).with_name("scripted_engine.py"))
@@ -312,7 +312,7 @@ def test_another_story_while_idle_tells_a_new_subject(tmp_path):
 
     robot, tts, diag, _ = _drive(tmp_path, scenario, sink_seconds=0.01)
     assert "command: another" in diag
-    from robot.prompt import build_prompt
+    from robot.story.prompt import build_prompt
 
     openings = {build_prompt(subject).opening for subject in CommandPhrases.load("en").surprise}
     assert tts.spoken[0] in openings
@@ -321,7 +321,7 @@ def test_another_story_while_idle_tells_a_new_subject(tmp_path):
 def test_a_long_press_with_nothing_said_continues_the_saved_story(tmp_path):
     """The serial board's semantics: press, then long_press while held, and no release event after it."""
     from robot.events import ButtonLongPressed, ButtonPressed
-    from robot.resume import StoryRecord
+    from robot.story.resume import StoryRecord
 
     StoryStore(tmp_path / "story.json").save(
         StoryRecord("a cat", "a cat", "Once upon a time, there was a cat.", 5, ["Once upon a time, there was a cat."])

@@ -6,7 +6,7 @@ import subprocess
 
 import pytest
 
-from robot.config import EX_CONFIG, Config, ConfigError, check_semantics, load_config
+from robot.plumbing.config import EX_CONFIG, Config, ConfigError, check_semantics, load_config
 from tests.conftest import STORYBOT
 
 
@@ -33,7 +33,7 @@ BAD_FILES = [
     ('[engine]\ntemperature = "hot"\n', ["engine.temperature", "'hot'", "expected a number"]),
     ("[engine]\nthread = 2\n", ["unknown key engine.thread", "threads"]),
     ("[engin]\nthreads = 2\n", ["unknown section [engin]", "engine"]),
-    ('[tts]\nbackend = "espeak"\n', ["tts.backend", "'espeak'", "['flite', 'pyttsx3']"]),
+    ('[tts]\nbackend = "espeak"\n', ["tts.backend", "'espeak'", "['flite', 'pyttsx3', 'espeak-ng']"]),
     ('[asr]\ngrammar = "stop"\n', ["asr.grammar", "a list of strings"]),
     ('[asr]\ngrammar = ["stop", 3]\n', ["asr.grammar", "a list of strings"]),
     ("[vad]\nend_silence_ms = 99999\n", ["vad.end_silence_ms", "99999", "200 to 5000"]),

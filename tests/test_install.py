@@ -94,7 +94,7 @@ def test_staged_install_puts_everything_in_place(tmp_path):
 
 
 def test_the_starter_config_is_valid_for_storybot(tmp_path):
-    from robot.config import load_config
+    from robot.plumbing.config import load_config
 
     load_config(ROOT / "systemd" / "storybot.toml")  # raises ConfigError on any mistake
 
@@ -124,7 +124,10 @@ def test_prefix_rewrites_the_units(tmp_path):
     assert "ExecStart=/srv/sb/venv/bin/storybot run" in unit and "/opt/storybot" not in unit
     assert "Environment=STORYBOT_ASSETS=/srv/sb/venv/share/storybot/assets" in unit
     assert str(root) not in unit  # the staging root never leaks into what the image runs
-    assert "/srv/sb/venv/bin/python -m robot.swap on" in (root / "etc/systemd/system/storybot-swap.service").read_text()
+    assert (
+        "/srv/sb/venv/bin/python -m robot.memory.swap on"
+        in (root / "etc/systemd/system/storybot-swap.service").read_text()
+    )
     assert (root / "srv/sb/venv/share/storybot/assets/storybot.toml").exists()
     assert not (root / "etc/systemd/system/multi-user.target.wants").exists()  # --no-enable
 

@@ -272,6 +272,35 @@ def test_logits_after_a_shift_equal_a_fresh_pass_over_the_kept_tokens(engine, mo
     assert_logits_close(out.logits, np.asarray(forced.logits), False, "through window shifts")
 
 
+# ---------------------------------------------------------------------------------------------- batched prefill
+
+
+@pytest.mark.parametrize(
+    "context,threads",
+    [("0", "1"), ("0", "2"), ("16", "1")],  # 16: the 40-token prompt itself shifts, and so does the generation
+    ids=["whole-cache", "two-threads", "window-shifts"],
+)
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
+def test_batched_prefill_gives_the_token_by_token_logits(engine, models, tmp_path, case, context, threads):
+    """A 40-token prompt in batches (of 32 and 8, of 5) against the same prompt token by token: the same ids and,
+    from the prompt's last token on, the same logits to the bit (every matmul row runs the same kernel on the same
+    input; the batch only changes the order in which rows and tokens are visited)."""
+    model = models.get(case, TEXT_GAIN)
+    prompt = ",".join(map(str, random_prompt(R.check_checkpoint(model).config.vocab_size, 40, seed=7)))
+    args = ["--prompt-ids", prompt, "-n", "56", "-j", threads] + (["--context", context] if context != "0" else [])
+    one = generate(engine, model, tmp_path, *args, "--batch", "1")
+    assert len(one.logits) >= 40, "the token-by-token run gives a row per step"
+    for batch in ("32", "5"):
+        batched = generate(engine, model, tmp_path, *args, "--batch", batch)
+        assert batched.ids == one.ids, f"--batch {batch}: another sequence"
+        np.testing.assert_array_equal(batched.logits, one.logits[39:], err_msg=f"--batch {batch}")
+
+
+def test_batch_option_is_checked(engine, good):
+    proc = run(engine, good, "--batch", "0")
+    assert proc.returncode == 64 and b"--batch" in proc.stderr
+
+
 # ---------------------------------------------------------------------------------------------- tokenizer and stdout
 
 

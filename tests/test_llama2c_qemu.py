@@ -15,6 +15,7 @@ import pytest
 
 from engines import llama2c_ref as R
 from tests.conftest import ROOT, need
+from tests.test_llama2c_bpe import smollm_gguf, smollm_v3  # noqa: F401 (session fixtures: one conversion)
 from tests.test_llama2c_engine import assert_logits_close, assert_same_greedy, engine_path
 
 LLAMA2C = ROOT / "engines" / "llama2c"
@@ -91,6 +92,21 @@ def test_riscv_builds_give_the_host_tokens(cross_builds, checkpoints, tmp_path, 
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("build", ["rvv-vlen128", "rv64gc"])
+def test_riscv_batched_prefill_gives_the_token_by_token_logits(cross_builds, checkpoints, tmp_path, build):
+    """The prompt in batches (of 4 and 2) on the RISC-V kernels: the token-by-token run's ids, and its logits to the
+    bit from the prompt's last token on."""
+    rvv, rv64gc = cross_builds
+    argv = ["qemu-riscv64", "-cpu", CPU_V128, str(rvv)] if build == "rvv-vlen128" else ["qemu-riscv64", "-cpu",
+            CPU_NO_V, str(rv64gc)]  # fmt: skip
+    model = checkpoints["int8"]
+    one = run_greedy([*argv, "--batch", "1"], model, tmp_path, "one")
+    batched = run_greedy([*argv, "--batch", "4"], model, tmp_path, "batched")
+    assert batched[0] == one[0]
+    np.testing.assert_array_equal(batched[1], one[1][len(PROMPT) - 1 :])
+
+
+@pytest.mark.slow
 def test_rvv_build_uses_vector_instructions(cross_builds, checkpoints):
     rvv, _ = cross_builds
     proc = subprocess.run(
@@ -124,3 +140,27 @@ def test_rvv_build_rejects_a_bad_checkpoint_like_the_host(cross_builds, checkpoi
         stdin=subprocess.DEVNULL,
     )
     assert proc.returncode == 67 and b"cut.bin" in proc.stderr
+
+
+# ---------------------------------------------------------------------------------------------- SmolLM2 (v3)
+
+
+@pytest.mark.slow
+def test_rvv_build_gives_the_host_tokens_on_smollm2(cross_builds, smollm_v3, tmp_path):  # noqa: F811
+    """The real model converted to v3 int8 (byte-level BPE, GQA 9/3, rope theta 100000): a short chat prompt of
+    11 tokens, four greedy tokens, the same ids and text from the RVV build under qemu as from the host build."""
+    rvv, _ = cross_builds
+    model = smollm_v3
+    prompt = "<|im_start|>user\nA cat<|im_end|>\n<|im_start|>assistant\n"
+    runs = {}
+    for tag, argv in (("host", [engine_path()]), ("rvv", ["qemu-riscv64", "-cpu", CPU_V128, str(rvv)])):
+        ids_file = tmp_path / f"{tag}.ids"
+        proc = subprocess.run(
+            [*argv, str(model), "-t", "0", "-n", "14", "--context", "16", "--special", "-i", prompt,
+             "--dump-ids", str(ids_file)],
+            capture_output=True, timeout=1200, stdin=subprocess.DEVNULL,
+        )  # fmt: skip
+        assert proc.returncode == 0, f"{tag}: exit {proc.returncode}: {proc.stderr.decode(errors='replace')[-2000:]}"
+        runs[tag] = ([int(t) for t in ids_file.read_text().split()], proc.stdout)
+    assert len(runs["host"][0]) == 15, runs["host"]  # the prompt's 11 tokens and 4 generated ones
+    assert runs["rvv"] == runs["host"], f"rvv {runs['rvv']}\nhost {runs['host']}"

@@ -324,7 +324,7 @@ def _set_int(offset: int, value: int):
         ("truncated", lambda d: d[:-100], 67, "truncated"),
         ("trailing", lambda d: d + b"\0" * 8, 67, "trailing"),
         ("bad magic", lambda d: b"XXXX" + d[4:], 65, "header"),
-        ("bad version", _set_int(4, 3), 65, "version 3"),
+        ("bad version", _set_int(4, 4), 65, "version 4"),
         ("absurd dim", _set_int(8, 1 << 30), 65, "dim"),
         ("heads not dividing", _set_int(8 + 4 * 3, 5), 65, "n_heads"),
         ("zero group size", _set_int(37, 0), 65, "group_size"),

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from robot.safety import (
+from robot.story.safety import (
     LANGUAGES,
     STRICTNESS_LEVELS,
     SafetyError,
@@ -52,6 +52,9 @@ BLOCKED = [
     ("You are a retard.", "relaxed", "slurs", "retard"),
     ("They had sex in the barn.", "relaxed", "sexual", "sex"),
     ("The rapist was caught.", "relaxed", "sexual", "rapist"),
+    ("He would just smile at them with open legs.", "relaxed", "sexual", "open legs"),  # SmolLM2 drift, seed 7
+    ("She sat there with her legs open.", "relaxed", "sexual", "legs open"),
+    ("She spread her legs.", "relaxed", "sexual", "spread her legs"),
     ("She thought about suicide.", "relaxed", "self_harm", "suicide"),
     ("He wanted to kill himself.", "relaxed", "self_harm", "kill himself"),  # the phrase, not "kill"
     ("She took her own life.", "relaxed", "self_harm", "took her own life"),
@@ -201,6 +204,9 @@ PASSING = [
     "The knot got looser.",  # loser
     "Mr Gunn waved.",  # gun
     "Slowly the sun went down over the hills.",  # no listed word at all
+    "The pirate stood with his legs apart.",  # legs, not in a listed phrase
+    "The frog spread its legs and jumped.",
+    "The door was open and the table's legs were wobbly.",
     "We made a wish on a shooting star.",  # allowed phrase
     "Shooting stars lit up the sky.",
     "A killer whale leapt out of the sea.",
@@ -449,7 +455,7 @@ def test_the_lists_are_found_in_the_assets_directory_by_default(tmp_path, monkey
 def test_filter_returns_safe_sentences_drops_blocked_ones_and_counts_them(caplog):
     f = SafetyFilter("en", "standard", LISTS)
     safe = "The bunny hopped home."
-    caplog.set_level(logging.WARNING, logger="robot.safety")
+    caplog.set_level(logging.WARNING, logger="robot.story.safety")
     assert f.filter(safe) is safe
     assert f.blocked_count == 0
     assert f.filter("The wizard wanted to kill the dragon.") is None
@@ -457,7 +463,7 @@ def test_filter_returns_safe_sentences_drops_blocked_ones_and_counts_them(caplog
     assert f.filter(safe) is safe
     f.check("kill")  # check() alone drops nothing and counts nothing
     assert f.blocked_count == 2
-    warnings = [r.getMessage() for r in caplog.records if r.name == "robot.safety"]
+    warnings = [r.getMessage() for r in caplog.records if r.name == "robot.story.safety"]
     assert len(warnings) == 2
     assert "violence" in warnings[0] and "'kill'" in warnings[0]
     assert "'gun'" in warnings[1]

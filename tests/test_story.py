@@ -11,10 +11,10 @@ import time
 
 import pytest
 
-from robot.canned import canned_story
-from robot.prompt import is_continue_request
-from robot.resume import StoryRecord, StoryStore
-from robot.story import RESUME_BRIDGE, window_prompt
+from robot.story.canned import canned_story
+from robot.story.prompt import is_continue_request
+from robot.story.resume import StoryRecord, StoryStore
+from robot.story.session import RESUME_BRIDGE, window_prompt
 from tests.conftest import STORYBOT
 
 # --- pieces ----------------------------------------------------------------------------------------
@@ -124,6 +124,8 @@ def test_a_story_longer_than_the_context_goes_on_in_windows(tmp_path, default_mo
         "engine.max_tokens=150",
         "--set",
         "engine.seed=3",
+        "--set",
+        "engine.backend='llama.cpp'",  # Gemma; storybot-llama2c shifts its own window, so the story needs none
         state_dir=tmp_path,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -279,3 +281,16 @@ def test_a_korean_story_is_told_in_korean(tmp_path, default_model):
 def test_korean_with_flite_is_a_configuration_error(tmp_path):
     proc = tell("용 이야기", "--set", "story.language=ko", state_dir=tmp_path, timeout=60)
     assert proc.returncode == 78 and "needs tts.backend" in proc.stderr
+
+
+@pytest.mark.parametrize("reason,closing", [("eos", []), ("length", ["The end."])])
+def test_an_unfinished_last_sentence_is_dropped_whether_the_model_ended_or_was_cut(reason, closing):
+    from robot.story.sentences import SentenceSplitter
+    from robot.story.session import StoryTeller
+
+    splitter = SentenceSplitter(8, 300)
+    whole = list(splitter.feed("The fox found a red ball in the long grass. She took it home and then"))
+    assert whole + StoryTeller._ending(splitter, reason, "The end.") == [
+        "The fox found a red ball in the long grass.",
+        *closing,
+    ]

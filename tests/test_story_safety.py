@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 
 from engines.client import EngineClient
-from robot.config import load_config
 from robot.engine_host import EngineHost
-from robot.prompt import build_prompt
-from robot.safety import SafetyFilter
-from robot.story import StoryPlan, StoryTeller
+from robot.plumbing.config import load_config
+from robot.story.prompt import build_prompt
+from robot.story.safety import SafetyFilter
+from robot.story.session import StoryPlan, StoryTeller
 from tests.harness import NullSink, RecordingTts, resolved
 
 SCRIPTED_ENGINE = str(Path(__file__).with_name("scripted_engine.py"))

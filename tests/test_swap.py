@@ -1,4 +1,4 @@
-"""robot.swap (storybot-swap.service): configuration errors, dry runs, and real swap as root.
+"""robot.memory.swap (storybot-swap.service): configuration errors, dry runs, and real swap as root.
 
 The swap tests use a 16 MB swapfile in a temporary directory and a 16 MB zram device of their own; they never
 touch swap that is not labelled "storybot", and leave vm.swappiness as they found it.
@@ -14,14 +14,14 @@ from pathlib import Path
 
 import pytest
 
-from robot import swap
+from robot.memory import swap
 from tests.conftest import ROOT, need
 
 
 def run_swap(*args: str, config: Path, run_dir: Path) -> subprocess.CompletedProcess:
     env = dict(os.environ, STORYBOT_SWAP_RUN_DIR=str(run_dir))
     return subprocess.run(
-        [sys.executable, "-m", "robot.swap", "--config", str(config), *args],
+        [sys.executable, "-m", "robot.memory.swap", "--config", str(config), *args],
         cwd=ROOT,
         env=env,
         capture_output=True,

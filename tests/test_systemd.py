@@ -181,9 +181,9 @@ def test_paths_the_daemon_reads(service):
 
 
 def test_the_daemon_reads_those_variables(monkeypatch):
-    """The names in the unit are the ones robot.paths and engines.models really read."""
+    """The names in the unit are the ones robot.plumbing.paths and engines.models really read."""
     from engines.models import models_dir
-    from robot.paths import assets_dir, state_dir
+    from robot.plumbing.paths import assets_dir, state_dir
 
     monkeypatch.setenv("STORYBOT_STATE_DIR", "/var/lib/storybot")
     monkeypatch.setenv("STORYBOT_MODELS_DIR", "/var/cache/storybot/models")
@@ -228,11 +228,11 @@ def test_swap_unit_runs_first_and_stays(tmp_path):
     assert one(swap_unit["Service"], "Type") == "oneshot"
     assert one(swap_unit["Service"], "RemainAfterExit") == "yes"
     assert "storybot.service" in one(swap_unit["Unit"], "Before")
-    assert one(swap_unit["Service"], "ExecStart") == "/opt/storybot/venv/bin/python -m robot.swap on"
+    assert one(swap_unit["Service"], "ExecStart") == "/opt/storybot/venv/bin/python -m robot.memory.swap on"
     main = parse_unit((ROOT / "systemd" / "storybot.service").read_text())["Unit"]
     assert "storybot-swap.service" in one(main, "Wants") and "storybot-swap.service" in one(main, "After")
     # the command lines the units run exist in this checkout
-    for argv in ([sys.executable, "-m", "robot.swap", "--help"], [STORYBOT, "run", "--help"]):
+    for argv in ([sys.executable, "-m", "robot.memory.swap", "--help"], [STORYBOT, "run", "--help"]):
         out = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=60)
         assert out.returncode == 0 and "usage:" in out.stdout, out.stderr
 

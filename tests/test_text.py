@@ -7,8 +7,8 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 
 from engines.text import StopMatcher, Utf8Pieces
-from robot.prompt import DEFAULT_SUBJECT, MAX_SUBJECT_CHARS, build_prompt
-from robot.sentences import SentenceSplitter
+from robot.story.prompt import DEFAULT_SUBJECT, MAX_SUBJECT_CHARS, build_prompt
+from robot.story.sentences import SentenceSplitter
 
 # --- prompt builder --------------------------------------------------------------------------------
 
@@ -26,6 +26,11 @@ OPENINGS = [
     ("story about Bo the bunny", "Once upon a time, there was Bo the bunny."),
     ("tell me a story about a robot who wants to fly", "Once upon a time, there was a robot who wanted to fly."),
     ("elephant", "Once upon a time, there was an elephant."),
+    (
+        "a story about a clown who can't stop laughing",
+        "Once upon a time, there was a clown who couldn't stop laughing.",
+    ),
+    ("a story about a cat who doesn't like rain", "Once upon a time, there was a cat who didn't like rain."),
 ]
 
 
@@ -175,7 +180,7 @@ GEMMA_STYLE_TEMPLATE = (
 
 
 def test_a_chat_template_puts_the_request_in_the_users_turn():
-    from robot.prompt import chat_prefix
+    from robot.story.prompt import chat_prefix
 
     prefix = chat_prefix(GEMMA_STYLE_TEMPLATE, build_prompt("a bedtime story about a fox"))
     assert prefix.startswith("<start_of_turn>user\nTell a short, calm bedtime story for a young child about a fox.")
@@ -184,7 +189,7 @@ def test_a_chat_template_puts_the_request_in_the_users_turn():
 
 @pytest.mark.parametrize("template", ["{% for %}", "{{ ().__class__.__bases__[0].__subclasses__() }}"])
 def test_a_broken_or_hostile_template_is_refused(template):
-    from robot.prompt import chat_prefix
+    from robot.story.prompt import chat_prefix
 
     with pytest.raises(ValueError, match="chat template"):
         chat_prefix(template, build_prompt("a fox"))
@@ -209,7 +214,7 @@ def test_a_korean_request_becomes_a_korean_opening(request_text, opening):
     "text,expected", [("계속 해 줘", True), ("이어서 들려줘", True), ("더 해 주세요", True), ("용 이야기 해 줘", False)]
 )
 def test_korean_continue_requests(text, expected):
-    from robot.prompt import is_continue_request
+    from robot.story.prompt import is_continue_request
 
     assert is_continue_request(text, "ko") is expected
 

@@ -22,6 +22,10 @@ typedef struct {
     /* int8 with groups that cross rows (n % gs != 0): x stays fp32, out[i] = sum_k qw * sw[(i*n+k)/gs] * x[k] */
     void (*matmul_q8_f32)(float *out, const int8_t *wq, const float *ws, const float *x, int n, int gs,
                           int row0, int row1);
+    /* 4-bit groups of 32 (v3 weight_type 2; kernels_q4_*.c), n % 32 == 0, x quantized in groups of 32:
+     * out[i] = sum_g d[g] * sx[g] * (sum_k nibble * qx) + m[g] * sx[g] * (sum_k qx), d and m fp16 */
+    void (*matmul_q4)(float *out, const uint8_t *wq, const uint16_t *wd, const uint16_t *wm, const QVec *x, int n,
+                      int row0, int row1);
     /* x (n,) -> q: per group scale = max|x| / 127 (0 stays 0), q = round half away from zero (x / scale) */
     void (*quantize)(QVec *out, const float *x, int n, int gs);
     float (*dot)(const float *a, const float *b, int n);
@@ -48,5 +52,15 @@ void portable_matmul_q8(float *out, const int8_t *wq, const float *ws, const QVe
 void portable_matmul_q8_f32(float *out, const int8_t *wq, const float *ws, const float *x, int n, int gs,
                             int row0, int row1);
 void portable_quantize(QVec *out, const float *x, int n, int gs);
+void portable_matmul_q4(float *out, const uint8_t *wq, const uint16_t *wd, const uint16_t *wm, const QVec *x, int n,
+                        int row0, int row1);
+#if defined(HAVE_KERNELS_AVX2)
+void avx2_matmul_q4(float *out, const uint8_t *wq, const uint16_t *wd, const uint16_t *wm, const QVec *x, int n,
+                    int row0, int row1);
+#endif
+#if defined(HAVE_KERNELS_RVV)
+void rvv_matmul_q4(float *out, const uint8_t *wq, const uint16_t *wd, const uint16_t *wm, const QVec *x, int n,
+                   int row0, int row1);
+#endif
 
 #endif

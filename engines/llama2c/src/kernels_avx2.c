@@ -88,9 +88,67 @@ static inline __m256i dot32(__m256i acc, __m256i w, __m256i x) {
 #endif
 }
 
+/* The 32 products of one group of row r with x (|x| and the signs of x given), as 8 floats. */
+static inline __m256 group32(const int8_t *r, __m256i ax, __m256i xv) {
+    __m256i sw = _mm256_sign_epi8(_mm256_loadu_si256((const __m256i *)r), xv);
+#if defined(__AVXVNNI__)
+    return _mm256_cvtepi32_ps(_mm256_dpbusd_avx_epi32(_mm256_setzero_si256(), ax, sw));
+#elif defined(__AVX512VNNI__) && defined(__AVX512VL__)
+    return _mm256_cvtepi32_ps(_mm256_dpbusd_epi32(_mm256_setzero_si256(), ax, sw));
+#else
+    return _mm256_cvtepi32_ps(_mm256_madd_epi16(_mm256_maddubs_epi16(ax, sw), _mm256_set1_epi16(1)));
+#endif
+}
+
+/* Groups of 32 (GGUF Q8_0's block, what converted models use): four rows at a time share each load of x and
+ * its |x|; the four rows' scales for a group are one 4-float load away from each other's rows only, so each is
+ * broadcast and multiplied by the group's activation scale. The next rows are prefetched a cache line at a time:
+ * with dim 576 a group of rows is small, and the hardware prefetcher alone leaves the loads waiting on memory. */
+static void matmul_q8_gs32(float *out, const int8_t *wq, const float *ws, const QVec *x, int n, int row0,
+                           int row1) {
+    int groups = n / 32;
+    int i = row0;
+    for (; i + 4 <= row1; i += 4) {
+        const int8_t *r0 = wq + (size_t)i * n, *r1 = r0 + n, *r2 = r1 + n, *r3 = r2 + n;
+        const float *s0 = ws + (size_t)i * groups, *s1 = s0 + groups, *s2 = s1 + groups, *s3 = s2 + groups;
+        const char *ahead = (const char *)(r0 + 4 * (size_t)n);
+        __m256 f0 = _mm256_setzero_ps(), f1 = f0, f2 = f0, f3 = f0;
+        for (int g = 0; g < groups; g++) {
+            int k = g * 32;
+            _mm_prefetch(ahead + 4 * (size_t)k, _MM_HINT_T0); /* the next 4 rows: 4 x 32 bytes per group */
+            _mm_prefetch(ahead + 4 * (size_t)k + 64, _MM_HINT_T0);
+            __m256i xv = _mm256_loadu_si256((const __m256i *)(x->q + k));
+            __m256i ax = _mm256_sign_epi8(xv, xv);
+            __m256 sx = _mm256_broadcast_ss(x->s + g);
+            f0 = _mm256_fmadd_ps(group32(r0 + k, ax, xv), _mm256_mul_ps(_mm256_broadcast_ss(s0 + g), sx), f0);
+            f1 = _mm256_fmadd_ps(group32(r1 + k, ax, xv), _mm256_mul_ps(_mm256_broadcast_ss(s1 + g), sx), f1);
+            f2 = _mm256_fmadd_ps(group32(r2 + k, ax, xv), _mm256_mul_ps(_mm256_broadcast_ss(s2 + g), sx), f2);
+            f3 = _mm256_fmadd_ps(group32(r3 + k, ax, xv), _mm256_mul_ps(_mm256_broadcast_ss(s3 + g), sx), f3);
+        }
+        out[i] = hsum(f0);
+        out[i + 1] = hsum(f1);
+        out[i + 2] = hsum(f2);
+        out[i + 3] = hsum(f3);
+    }
+    for (; i < row1; i++) {
+        const int8_t *r = wq + (size_t)i * n;
+        const float *s = ws + (size_t)i * groups;
+        __m256 f = _mm256_setzero_ps();
+        for (int g = 0; g < groups; g++) {
+            __m256i xv = _mm256_loadu_si256((const __m256i *)(x->q + g * 32));
+            f = _mm256_fmadd_ps(group32(r + g * 32, _mm256_sign_epi8(xv, xv), xv), _mm256_set1_ps(s[g] * x->s[g]), f);
+        }
+        out[i] = hsum(f);
+    }
+}
+
 /* Two rows at a time share each load of x; per group the int32 sums become floats scaled by sw * sx. */
 static void matmul_q8(float *out, const int8_t *wq, const float *ws, const QVec *x, int n, int gs, int row0,
                       int row1) {
+    if (gs == 32) {
+        matmul_q8_gs32(out, wq, ws, x, n, row0, row1);
+        return;
+    }
     if (gs % 32 != 0) {
         portable_matmul_q8(out, wq, ws, x, n, gs, row0, row1);
         return;
@@ -229,6 +287,7 @@ const Kernels KERNELS_AVX2 = {
     .matmul_f32 = matmul_f32,
     .matmul_q8 = matmul_q8,
     .matmul_q8_f32 = matmul_q8_f32,
+    .matmul_q4 = avx2_matmul_q4,
     .quantize = quantize,
     .dot = dot,
     .axpy = axpy,

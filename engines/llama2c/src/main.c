@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include "common.h"
+#include "json.h"
 #include "kernels.h"
 #include "model.h"
 #include "sampler.h"
@@ -34,12 +35,16 @@ typedef struct {
     int portable_kernels;
     const char *dump_logits;
     const char *dump_ids;
+    int special;             /* chat markup in -i becomes special tokens (byte-level BPE) */
+    int tokenize;            /* --tokenize: JSON lines on stdin -> token ids on stdout */
+    int batch;               /* --batch: prompt tokens per prefill batch; 0: PREFILL_BATCH (1 with --dump-logits) */
 } Options;
 
 static void usage(FILE *out) {
     fprintf(out,
             "Usage: " PROG " CHECKPOINT [options]\n"
-            "Runs a llama2.c checkpoint (v0 fp32, v1 fp32, v2 int8) like llama2.c's run, or serves the storybot\n"
+            "Runs a llama2.c checkpoint (v0 fp32, v1 fp32, v2 int8, storybot's v3) like llama2.c's run, or serves\n"
+            "the storybot"
             "engine protocol. Example: " PROG " stories15M.bin -n 256 -i \"Once upon a time\"\n"
             "\n"
             "llama2.c options:\n"
@@ -48,7 +53,8 @@ static void usage(FILE *out) {
             "  -s N          random seed, default time-based\n"
             "  -n N          steps (positions incl. the prompt), default 256; 0 = the model's seq_len\n"
             "  -i TEXT       prompt\n"
-            "  -z PATH       tokenizer.bin, default beside the checkpoint, else ./tokenizer.bin\n"
+            "  -z PATH       tokenizer.bin, default beside the checkpoint, else ./tokenizer.bin (v3: ignored,\n"
+            "                the checkpoint carries its tokenizer)\n"
             "  -m generate   mode (chat is not supported)\n"
             "storybot options:\n"
             "  -j N                  threads, default 1\n"
@@ -57,12 +63,20 @@ static void usage(FILE *out) {
             "  --keep N              tokens kept at the start when the window shifts (default: the prompt)\n"
             "  --load mmap|read      map the checkpoint (default) or read it into memory\n"
             "  --kernels auto|portable   force the plain C kernels\n"
+            "  --batch N             prompt tokens run through the layers together, 1-%d (default %d; 1 = token\n"
+            "                        by token, the default with --dump-logits)\n"
             "  --prompt-ids A,B,C    the prompt as token ids (no BOS added); replaces -i\n"
-            "  --dump-logits PATH    append every step's logits (float32, little-endian)\n"
+            "  --dump-logits PATH    append every step's logits (float32, little-endian); with --batch above 1\n"
+            "                        from the prompt's last token on\n"
             "  --dump-ids PATH       write every token id of the sequence\n"
+            "  --special             control tokens written in -i (e.g. <|im_start|>) become those tokens\n"
+            "  --tokenize            tests: read JSON lines {\"text\": S, \"special\": B, \"bos\": B} on stdin\n"
+            "                        (or \"hex\": the text's bytes in hex, for bytes that are not UTF-8),\n"
+            "                        print per line the ids, a tab and the hex bytes the ids decode to\n"
             "  -h, --help            this text\n"
             "Exit statuses: 64 usage, 65 malformed checkpoint, 66 missing file, 67 checkpoint size, 68 malformed\n"
-            "tokenizer, 69 vocab mismatch, 70 internal, 71 out of memory.\n");
+            "tokenizer, 69 vocab mismatch, 70 internal, 71 out of memory.\n",
+            PREFILL_BATCH, PREFILL_BATCH);
 }
 
 static _Noreturn void usage_error(const char *fmt, const char *arg) {
@@ -113,6 +127,14 @@ static Options parse_options(int argc, char **argv) {
             o.serve = 1;
             continue;
         }
+        if (strcmp(a, "--special") == 0) {
+            o.special = 1;
+            continue;
+        }
+        if (strcmp(a, "--tokenize") == 0) {
+            o.tokenize = 1;
+            continue;
+        }
         if (i + 1 >= argc) usage_error("%s needs a value", a);
         const char *v = argv[++i];
         if (strcmp(a, "-t") == 0) o.temperature = parse_float(a, v, 0, 1e6);
@@ -138,6 +160,7 @@ static Options parse_options(int argc, char **argv) {
         } else if (strcmp(a, "--prompt-ids") == 0) o.prompt_ids = v;
         else if (strcmp(a, "--dump-logits") == 0) o.dump_logits = v;
         else if (strcmp(a, "--dump-ids") == 0) o.dump_ids = v;
+        else if (strcmp(a, "--batch") == 0) o.batch = (int)parse_int(a, v, 1, PREFILL_BATCH);
         else usage_error("unknown option %s", a);
     }
     if (!o.checkpoint) usage_error("%s", "no checkpoint given");
@@ -186,6 +209,20 @@ static FILE *open_dump(const char *path) {
     return f;
 }
 
+/* The step from token to next: its piece printed (as llama2.c prints it) and its id dumped. */
+static void emit(const Tokenizer *tok, int token, int next, FILE *dump_ids) {
+    if (dump_ids) fprintf(dump_ids, " %d", next);
+    size_t piece_len;
+    const char *piece = decode(tok, token, next, &piece_len);
+    if (is_shown(tok, next, piece, piece_len)) fwrite(piece, 1, piece_len, stdout);
+    fflush(stdout);
+}
+
+static void dump(FILE *f, const char *path, const float *logits, int vocab_size) {
+    if (f && fwrite(logits, sizeof(float), (size_t)vocab_size, f) != (size_t)vocab_size)
+        die(EXIT_INTERNAL, "%s: write failed: %s", path, strerror(errno));
+}
+
 /* One generation, printed as llama2.c's run prints it. */
 static void generate(Transformer *t, const Tokenizer *tok, const Options *o, int *prompt, int n_prompt, int steps) {
     const Config *c = &t->model.config;
@@ -200,27 +237,33 @@ static void generate(Transformer *t, const Tokenizer *tok, const Options *o, int
     if (dump_ids) fprintf(dump_ids, "%d", prompt[0]);
 
     double start = 0;
-    int token = prompt[0], pos = 0;
+    int token = prompt[0], pos = 0, start_pos = 1; /* the clock starts after the first step, as llama2.c's */
+    float *prefilled = NULL; /* the prompt's last logits, when the prompt ran as batches */
+    if (t->prefill_batch > 1 && n_prompt > 1 && n_prompt <= steps) {
+        prefilled = feed_many(t, &win, prompt, n_prompt, NULL, NULL);
+        for (int i = 1; i < n_prompt; i++) emit(tok, prompt[i - 1], prompt[i], dump_ids);
+        token = prompt[n_prompt - 1];
+        pos = n_prompt - 1;
+        start = now_ms();
+        start_pos = pos; /* the steps after the prompt's batches */
+    }
     while (pos < steps) {
-        float *logits = feed(t, &win, token, NULL, NULL);
-        if (dump_logits && fwrite(logits, sizeof(float), (size_t)c->vocab_size, dump_logits) != (size_t)c->vocab_size)
-            die(EXIT_INTERNAL, "%s: write failed: %s", o->dump_logits, strerror(errno));
+        float *logits = prefilled ? prefilled : feed(t, &win, token, NULL, NULL);
+        prefilled = NULL;
+        dump(dump_logits, o->dump_logits, logits, c->vocab_size);
         int sampled = pos >= n_prompt - 1;
         int next = sampled ? sample(&sampler, logits, NULL, 0) : prompt[pos + 1];
         pos++;
-        if (sampled && (next == 1 || next == 2)) break; /* BOS (as llama2.c) or EOS once generating */
-        if (dump_ids) fprintf(dump_ids, " %d", next);
-        const char *piece = decode(tok, token, next);
-        if (is_printable_piece(piece)) fputs(piece, stdout);
-        fflush(stdout);
+        if (sampled && is_end_token(tok, next)) break; /* BOS (as llama2.c), EOS or another end id */
+        emit(tok, token, next, dump_ids);
         token = next;
         if (start == 0) start = now_ms();
     }
     printf("\n");
     fflush(stdout);
-    if (pos > 1 && start > 0) {
+    if (pos > start_pos && start > 0) {
         double elapsed = now_ms() - start;
-        fprintf(stderr, "achieved tok/s: %f\n", elapsed > 0 ? (pos - 1) / elapsed * 1000.0 : 0.0);
+        fprintf(stderr, "achieved tok/s: %f\n", elapsed > 0 ? (pos - start_pos) / elapsed * 1000.0 : 0.0);
     }
     if (win.shifts > 0) fprintf(stderr, PROG ": the context window shifted %d times\n", win.shifts);
     if (dump_ids) {
@@ -231,6 +274,72 @@ static void generate(Transformer *t, const Tokenizer *tok, const Options *o, int
         die(EXIT_INTERNAL, "%s: write failed: %s", o->dump_logits, strerror(errno));
     free_window(&win);
     free_sampler(&sampler);
+}
+
+/* "hex": the bytes of a text that need not be UTF-8 (a JSON string must be), into buf (cap >= len / 2). */
+static int unhex(const char *s, size_t len, char *buf, size_t *out_len) {
+    static const char digits[] = "0123456789abcdef";
+    if (len % 2) return 0;
+    for (size_t i = 0; i < len; i += 2) {
+        const char *hi = s[i] ? strchr(digits, s[i]) : NULL, *lo = s[i + 1] ? strchr(digits, s[i + 1]) : NULL;
+        if (!hi || !lo) return 0;
+        buf[i / 2] = (char)((hi - digits) * 16 + (lo - digits));
+    }
+    *out_len = len / 2;
+    return 1;
+}
+
+/* --tokenize: one JSON object per input line, one output line per object. */
+static int tokenize_lines(const Tokenizer *tok) {
+    static JsonObject obj;
+    char *line = NULL, *arena = NULL;
+    size_t cap = 0, arena_cap = 0;
+    ssize_t len;
+    long line_no = 0;
+    while ((len = getline(&line, &cap, stdin)) > 0) {
+        line_no++;
+        if (arena_cap < (size_t)len + 64) {
+            free(arena);
+            arena_cap = (size_t)len + 64;
+            arena = xmalloc(arena_cap, "input line");
+        }
+        char err[256];
+        if (!json_parse_object(line, (size_t)len, &obj, arena, arena_cap, err, sizeof err))
+            die(EXIT_USAGE, "--tokenize: stdin line %ld: %s", line_no, err);
+        const JsonMember *text = json_get(&obj, "text"), *special = json_get(&obj, "special"),
+                         *bos = json_get(&obj, "bos"), *hex = json_get(&obj, "hex");
+        const char *bytes;
+        size_t n_bytes;
+        char *raw = NULL;
+        if (text && text->type == JSON_STRING) {
+            bytes = text->str.s;
+            n_bytes = text->str.len;
+        } else if (hex && hex->type == JSON_STRING) {
+            raw = xmalloc(hex->str.len / 2 + 1, "input line");
+            if (!unhex(hex->str.s, hex->str.len, raw, &n_bytes))
+                die(EXIT_USAGE, "--tokenize: stdin line %ld: \"hex\" is not pairs of lowercase hex digits", line_no);
+            bytes = raw;
+        } else {
+            die(EXIT_USAGE, "--tokenize: stdin line %ld has no \"text\" (or \"hex\") string", line_no);
+        }
+        int n;
+        int *ids = encode(tok, bytes, n_bytes, bos && bos->type == JSON_BOOL && bos->boolean,
+                          special && special->type == JSON_BOOL && special->boolean, &n);
+        free(raw);
+        for (int i = 0; i < n; i++) printf(i ? " %d" : "%d", ids[i]);
+        putchar('\t');
+        for (int i = 0; i < n; i++) {
+            size_t piece_len;
+            const unsigned char *piece = (const unsigned char *)decode(tok, i ? ids[i - 1] : -1, ids[i], &piece_len);
+            for (size_t k = 0; k < piece_len; k++) printf("%02x", piece[k]);
+        }
+        putchar('\n');
+        free(ids);
+    }
+    free(line);
+    free(arena);
+    if (fflush(stdout) != 0) die(EXIT_INTERNAL, "--tokenize: write failed: %s", strerror(errno));
+    return EXIT_OK;
 }
 
 int main(int argc, char **argv) {
@@ -251,21 +360,44 @@ int main(int argc, char **argv) {
         snprintf(msg, sizeof msg, "--keep %d must be smaller than the context (%d)", o.keep, context);
         usage_error("%s", msg);
     }
-    char *tokenizer_path = o.tokenizer ? NULL : default_tokenizer(o.checkpoint);
+    char *tokenizer_path = NULL;
     Tokenizer tok;
-    build_tokenizer(&tok, o.tokenizer ? o.tokenizer : tokenizer_path, c->vocab_size);
+    if (model.version == 3) {
+        build_tokenizer_v3(&tok, o.checkpoint, model.data + model.meta_offset, model.meta_size, c->vocab_size);
+        release_metadata(&model); /* parsed into the tokenizer; its pages need not stay resident */
+    } else {
+        tokenizer_path = o.tokenizer ? NULL : default_tokenizer(o.checkpoint);
+        build_tokenizer(&tok, o.tokenizer ? o.tokenizer : tokenizer_path, c->vocab_size);
+    }
+    if (o.tokenize) {
+        int status = tokenize_lines(&tok);
+        free_model(&model);
+        free_tokenizer(&tok);
+        return status;
+    }
     Transformer t;
-    build_transformer(&t, &model, context, o.threads, o.portable_kernels);
+    /* --dump-logits promises every step's logits: the prompt's run one at a time unless --batch says otherwise */
+    int batch = o.batch ? o.batch : o.dump_logits ? 1 : PREFILL_BATCH;
+    build_transformer(&t, &model, context, batch, o.threads, o.portable_kernels);
 
     int status = EXIT_OK;
     if (o.serve) {
         status = serve(&t, &tok, o.checkpoint, now_ms() - started);
     } else {
-        const char *text = o.prompt ? o.prompt : "";
-        size_t cap = o.prompt_ids ? strlen(o.prompt_ids) / 2 + 2 : strlen(text) + 3;
-        int *prompt = xmalloc(cap * sizeof(int), "prompt tokens");
-        int n_prompt = o.prompt_ids ? parse_prompt_ids(o.prompt_ids, c->vocab_size, prompt, (int)cap)
-                                    : encode(&tok, text, 1, prompt);
+        int n_prompt;
+        int *prompt;
+        if (o.prompt_ids) {
+            size_t cap = strlen(o.prompt_ids) / 2 + 2;
+            prompt = xmalloc(cap * sizeof(int), "prompt tokens");
+            n_prompt = parse_prompt_ids(o.prompt_ids, c->vocab_size, prompt, (int)cap);
+        } else {
+            const char *text = o.prompt ? o.prompt : "";
+            prompt = encode(&tok, text, strlen(text), 1, o.special, &n_prompt);
+        }
+        if (n_prompt == 0) { /* a model without BOS and an empty prompt: start from its end token */
+            prompt[0] = tok.bos_id >= 0 ? tok.bos_id : tok.eos_id >= 0 ? tok.eos_id : 0;
+            n_prompt = 1;
+        }
         generate(&t, &tok, &o, prompt, n_prompt, steps);
         free(prompt);
     }

@@ -1,5 +1,6 @@
 /* Checkpoint validation and mapping. Every size is computed in 64 bits with overflow checks and compared
  * with the file's size before any weight is touched, so no malformed file can make us read out of bounds. */
+#define _DEFAULT_SOURCE /* madvise */
 #include "model.h"
 
 #include <errno.h>
@@ -55,6 +56,7 @@ static void validate_config(const char *path, Config *c) {
 typedef struct {
     uint64_t offset;   /* running byte offset while laying out */
     int quantized;     /* v2 */
+    int q4;            /* v3 weight_type 2: the layer matrices (not the embedding or classifier) are 4-bit */
     int group_size;
     int failed;        /* a count was not a multiple of the group size */
     const char *bad_name;
@@ -77,6 +79,11 @@ static uint64_t place(Layout *lay, const char *name, uint64_t count, uint64_t *s
     lay->offset += count + count / (uint64_t)lay->group_size * 4;
     return at;
 }
+
+#define Q4_GROUP 32
+
+/* A 4-bit tensor in the file: its nibbles, then the fp16 d of each group, then the fp16 m. */
+static uint64_t q4_tensor_bytes(uint64_t count) { return count / 2 + count / Q4_GROUP * 4; }
 
 static const char *const MATRIX_NAMES[7] = {"wq", "wk", "wv", "wo", "w1", "w2", "w3"};
 
@@ -123,16 +130,56 @@ static uint64_t expected_size(const Model *m, Layout *lay) {
         for (int w = 0; w < 7; w++) {
             int rows, cols;
             matrix_shape(c, w, &rows, &cols);
-            for (uint64_t l = 0; l < L; l++) place(lay, MATRIX_NAMES[w], (uint64_t)rows * (uint64_t)cols, &ignored);
+            for (uint64_t l = 0; l < L; l++) {
+                uint64_t count = (uint64_t)rows * (uint64_t)cols;
+                if (lay->q4) lay->offset += q4_tensor_bytes(count);
+                else place(lay, MATRIX_NAMES[w], count, &ignored);
+            }
         }
     }
     if (!m->shared_classifier) place(lay, "wcls", V * dim, &ignored);
     return lay->offset;
 }
 
+static uint64_t le64(const uint8_t *p) { return (uint64_t)le32(p) | (uint64_t)le32(p + 4) << 32; }
+
+static float lef32(const uint8_t *p) {
+    uint32_t u = le32(p);
+    float f;
+    memcpy(&f, &u, sizeof f);
+    return f;
+}
+
+/* v3's fields after the config (docs/llama2c-engine.md, "Format v3"). */
+static void read_v3_fields(Model *m, const uint8_t *h) {
+    const char *path = m->path;
+    uint32_t weight_type = le32(h + 44);
+    if (weight_type > 2)
+        die(EXIT_MODEL_MALFORMED, "%s: header field weight_type is %u, expected 0 (fp32), 1 (int8) or 2 (q4)", path,
+            weight_type);
+    m->quantized = weight_type >= 1;
+    m->q4 = weight_type == 2;
+    int gs = (int32_t)le32(h + 40);
+    if (m->q4 && gs != Q4_GROUP) /* 4-bit: GGUF's blocks of 32 only */
+        die(EXIT_MODEL_MALFORMED, "%s: header field group_size is %d, expected %d for 4-bit weights (weight_type 2)",
+            path, gs, Q4_GROUP);
+    else if (m->quantized) check_range(path, "group_size", gs, 1, 4096);
+    else check_range(path, "group_size", gs, 0, 0);
+    m->group_size = gs;
+    m->rope_theta = lef32(h + 48);
+    m->norm_eps = lef32(h + 52);
+    if (!(m->rope_theta >= 1.0f && m->rope_theta <= 1e9f)) /* also refuses NaN */
+        die(EXIT_MODEL_MALFORMED, "%s: header field rope_theta is %g, expected 1..1e9", path, (double)m->rope_theta);
+    if (!(m->norm_eps > 0.0f && m->norm_eps <= 0.1f))
+        die(EXIT_MODEL_MALFORMED, "%s: header field norm_eps is %g, expected > 0 and <= 0.1", path,
+            (double)m->norm_eps);
+    m->meta_offset = le64(h + 56);
+    m->meta_size = le64(h + 64);
+}
+
 static void read_header(Model *m, int fd, uint64_t file_size) {
     const char *path = m->path;
-    char n1[32], n2[32];
+    char n1[32], n2[32], n3[32];
     uint8_t h[V12_HEADER_BYTES];
     memset(h, 0, sizeof h);
     size_t want = file_size < sizeof h ? (size_t)file_size : sizeof h;
@@ -143,14 +190,16 @@ static void read_header(Model *m, int fd, uint64_t file_size) {
         die(EXIT_MODEL_SIZE, "%s: size %s bytes, shorter than the %d-byte header", path, fmt_count(file_size, n1),
             V0_HEADER_BYTES);
     const uint8_t *cfg = h;
+    m->rope_theta = 10000.0f;
+    m->norm_eps = 1e-5f;
     if (le32(h) == MAGIC) {
         int version = (int32_t)le32(h + 4);
-        if (file_size >= 41 && version != 1 && version != 2)
-            die(EXIT_MODEL_MALFORMED, "%s: unknown version %d (magic ak42 with version 1 or 2 expected)", path,
+        if (file_size >= 41 && (version < 1 || version > 3))
+            die(EXIT_MODEL_MALFORMED, "%s: unknown version %d (magic ak42 with version 1, 2 or 3 expected)", path,
                 version);
         if (file_size < V12_HEADER_BYTES)
-            die(EXIT_MODEL_SIZE, "%s: size %s bytes, shorter than the %d-byte v1/v2 header", path,
-                fmt_count(file_size, n1), V12_HEADER_BYTES);
+            die(EXIT_MODEL_SIZE, "%s: size %s bytes, shorter than the %d-byte v%d header", path,
+                fmt_count(file_size, n1), V12_HEADER_BYTES, version);
         m->version = version;
         cfg = h + 8;
         if (h[36] > 1) die(EXIT_MODEL_MALFORMED, "%s: shared_classifier byte is %d, expected 0 or 1", path, h[36]);
@@ -159,6 +208,9 @@ static void read_header(Model *m, int fd, uint64_t file_size) {
             int gs = (int32_t)le32(h + 37);
             check_range(path, "group_size", gs, 1, 4096);
             m->group_size = gs;
+            m->quantized = 1;
+        } else if (version == 3) {
+            read_v3_fields(m, h);
         }
     } else {
         m->version = 0;
@@ -181,12 +233,26 @@ static void read_header(Model *m, int fd, uint64_t file_size) {
         die(EXIT_MODEL_MALFORMED, "%s: header field vocab_size is %d; negative only in v0 files", path, f[5]);
     }
     validate_config(path, c);
+    if (m->q4 && (c->dim % Q4_GROUP != 0 || c->hidden_dim % Q4_GROUP != 0))
+        die(EXIT_MODEL_MALFORMED, "%s: dim %d and hidden_dim %d must be multiples of %d for 4-bit rows (weight_type 2)",
+            path, c->dim, c->hidden_dim, Q4_GROUP);
 
-    Layout lay = {.quantized = m->version == 2, .group_size = m->group_size};
+    Layout lay = {.quantized = m->quantized, .q4 = m->q4, .group_size = m->group_size};
     uint64_t expected = expected_size(m, &lay);
     if (lay.failed)
         die(EXIT_MODEL_MALFORMED, "%s: tensor %s has %s elements, not a multiple of group_size %d", path,
             lay.bad_name, fmt_count(lay.bad_count, n1), m->group_size);
+    if (m->version == 3) {
+        /* the weights end where the metadata starts, and the metadata ends the file */
+        if (m->meta_offset != expected)
+            die(EXIT_MODEL_SIZE, "%s: header field meta_offset is %s, the weights end at byte %s", path,
+                fmt_count(m->meta_offset, n1), fmt_count(expected, n2));
+        if (m->meta_size < 8 || m->meta_size > file_size || m->meta_offset > file_size - m->meta_size ||
+            m->meta_offset + m->meta_size != file_size)
+            die(EXIT_MODEL_SIZE, "%s: size %s bytes, the header implies %s (weights) + %s (meta_size)", path,
+                fmt_count(file_size, n1), fmt_count(expected, n2), fmt_count(m->meta_size, n3));
+        expected = file_size;
+    }
     if (expected != file_size)
         die(EXIT_MODEL_SIZE, "%s: size %s bytes, the header implies %s", path, fmt_count(file_size, n1),
             fmt_count(expected, n2));
@@ -203,8 +269,15 @@ static void load_bytes(Model *m, int fd, LoadMode mode) {
         m->is_mapped = 1;
         return;
     }
-    m->data = malloc(m->size);
-    if (!m->data) die(EXIT_NO_MEMORY, "%s: out of memory reading %zu bytes", m->path, m->size);
+    /* Anonymous memory that may use transparent huge pages: the weights are streamed once per token, and 2 MB
+     * pages spare the TLB misses of 4 KB ones. */
+    void *p = mmap(NULL, m->size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED) die(EXIT_NO_MEMORY, "%s: out of memory reading %zu bytes", m->path, m->size);
+#ifdef MADV_HUGEPAGE
+    madvise(p, m->size, MADV_HUGEPAGE);
+#endif
+    m->data = p;
+    m->is_mapped = 1; /* munmap'ed like a file mapping */
     size_t done = 0;
     while (done < m->size) {
         ssize_t got = pread(fd, m->data + done, m->size - done, (off_t)done);
@@ -227,7 +300,7 @@ static Tensor assign_tensor(Assigner *a, int rows, int cols) {
     Model *m = a->m;
     Tensor t = {.rows = rows, .cols = cols};
     uint64_t count = (uint64_t)rows * (uint64_t)cols;
-    if (m->version != 2) {
+    if (!m->quantized) {
         t.f = (const float *)(m->data + a->offset);
         a->offset += count * 4;
         return t;
@@ -255,13 +328,25 @@ static const float *assign_f32(Assigner *a, uint64_t count) {
     return p;
 }
 
+/* Every offset of a 4-bit file is even (each count is a multiple of 32, each int8 tensor's scales end on a
+ * multiple of 4), so the fp16 arrays can be read as uint16. */
+static Tensor assign_q4(Assigner *a, int rows, int cols) {
+    Tensor t = {.rows = rows, .cols = cols};
+    uint64_t count = (uint64_t)rows * (uint64_t)cols;
+    t.q4 = a->m->data + a->offset;
+    t.d4 = (const uint16_t *)(a->m->data + a->offset + count / 2);
+    t.m4 = t.d4 + count / Q4_GROUP;
+    a->offset += q4_tensor_bytes(count);
+    return t;
+}
+
 static void assign_matrices(Assigner *a, int first, int last) {
     const Config *c = &a->m->config;
     for (int w = first; w <= last; w++) {
         for (int l = 0; l < c->n_layers; l++) {
             int rows, cols;
             matrix_shape(c, w, &rows, &cols);
-            Tensor t = assign_tensor(a, rows, cols);
+            Tensor t = a->m->q4 ? assign_q4(a, rows, cols) : assign_tensor(a, rows, cols);
             Layer *layer = &a->m->layers[l];
             Tensor *slots[7] = {&layer->wq, &layer->wk, &layer->wv, &layer->wo, &layer->w1, &layer->w2, &layer->w3};
             *slots[w] = t;
@@ -315,6 +400,13 @@ void build_model(Model *m, const char *path, LoadMode mode) {
         a = (Assigner){.m = m, .second_pass = 1};
         assign_all(&a);
     }
+}
+
+void release_metadata(Model *m) {
+    if (!m->is_mapped || m->meta_size == 0) return;
+    uint64_t page = (uint64_t)sysconf(_SC_PAGESIZE);
+    uint64_t begin = (m->meta_offset + page - 1) / page * page, end = m->meta_offset + m->meta_size;
+    if (end > begin) madvise(m->data + begin, (size_t)(end - begin), MADV_DONTNEED);
 }
 
 void free_model(Model *m) {

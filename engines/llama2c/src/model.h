@@ -1,4 +1,4 @@
-/* A llama2.c checkpoint (format v0, v1 or v2), validated and mapped. See docs/llama2c-engine.md. */
+/* A llama2.c checkpoint (format v0, v1, v2) or storybot's v3, validated and mapped. See docs/llama2c-engine.md. */
 #ifndef STORYBOT_MODEL_H
 #define STORYBOT_MODEL_H
 
@@ -23,6 +23,12 @@ typedef struct {
     const float *f;  /* (rows, cols) fp32 values; NULL when quantized */
     const int8_t *q; /* (rows, cols) int8 values */
     const float *s;  /* (rows * cols / group_size,) scales: value = q * s[index / group_size] */
+    /* 4-bit groups of 32 within rows (v3 weight_type 2; q, s and f are NULL): value k of row i is
+     * nibble * d + m of its group g = (i * cols + k) / 32; byte j of a group holds value j (low nibble) and
+     * value j + 16 (high nibble); d and m are fp16 bit patterns */
+    const uint8_t *q4;  /* (rows * cols / 2,) */
+    const uint16_t *d4; /* (rows * cols / 32,) */
+    const uint16_t *m4; /* (rows * cols / 32,) */
     int rows, cols;
 } Tensor;
 
@@ -40,8 +46,13 @@ typedef struct {
 
 typedef struct {
     Config config;
-    int version;      /* 0, 1 or 2 */
-    int group_size;   /* v2 only; 0 for fp32 checkpoints */
+    int version;      /* 0, 1, 2 or 3 */
+    int quantized;    /* int8 groups: v2, or v3 with weight_type 1 or 2 (activations are quantized) */
+    int q4;           /* v3 weight_type 2: the layer matrices are 4-bit, embedding and classifier int8 */
+    int group_size;   /* quantized only; 0 for fp32 checkpoints */
+    float rope_theta; /* v3's header; 10000 for older files */
+    float norm_eps;   /* v3's header; 1e-5 for older files */
+    uint64_t meta_offset, meta_size; /* v3: the metadata block (tokenizer), inside `data` */
     int shared_classifier;
     Tensor embedding; /* (vocab_size, dim) */
     Tensor classifier;/* (vocab_size, dim); the embedding itself when shared */
@@ -61,5 +72,7 @@ typedef enum { LOAD_MMAP, LOAD_READ } LoadMode;
  * mismatch, naming the file and the problem in one stderr line. */
 void build_model(Model *m, const char *path, LoadMode mode);
 void free_model(Model *m);
+/* v3: drops the mapped pages of the metadata block once the tokenizer has been built from it. */
+void release_metadata(Model *m);
 
 #endif

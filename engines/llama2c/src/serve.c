@@ -31,6 +31,7 @@ typedef struct {
     float temperature, top_p, repeat_penalty;
     int top_k;
     long long seed; /* -1: any */
+    int special;    /* control tokens written in the prompt (chat markup) become those tokens */
     char *stops[MAX_STOPS];
     size_t stop_len[MAX_STOPS];
     int n_stops;
@@ -156,6 +157,7 @@ static FrameKind parse_generate(const JsonObject *o, Request *r, char *err, size
     const JsonMember *special = json_get(o, "special");
     if (special && special->type != JSON_BOOL)
         return snprintf(err, es, "generate: special must be a boolean"), FRAME_INVALID;
+    r->special = special && special->boolean;
     const JsonMember *stop = json_get(o, "stop");
     if (stop) {
         if (stop->type != JSON_ARRAY) return snprintf(err, es, "generate: stop must be a list of strings"), FRAME_INVALID;
@@ -342,9 +344,12 @@ static void send_done(const Request *r, const char *reason, int tokens, int prom
 static void generate(Transformer *t, const Tokenizer *tok, const Request *r) {
     const Config *c = &t->model.config;
     CancelCheck cc = {r->id};
-    size_t cap = strlen(r->prompt) + 3;
-    int *prompt = xmalloc(cap * sizeof(int), "prompt tokens");
-    int n_prompt = encode(tok, r->prompt, 1, prompt);
+    int n_prompt;
+    int *prompt = encode(tok, r->prompt, strlen(r->prompt), 1, r->special, &n_prompt);
+    if (n_prompt == 0) { /* a model without BOS and a prompt of nothing it can encode */
+        prompt[0] = tok->bos_id >= 0 ? tok->bos_id : tok->eos_id >= 0 ? tok->eos_id : 0;
+        n_prompt = 1;
+    }
     if (n_prompt >= t->context) {
         char msg[160];
         snprintf(msg, sizeof msg, "prompt is %d tokens; the context holds %d", n_prompt, t->context);
@@ -366,20 +371,16 @@ static void generate(Transformer *t, const Tokenizer *tok, const Request *r) {
     for (int i = 0; i < r->n_stops; i++) stop_add(&stops, r->stops[i], r->stop_len[i]);
     Utf8Stream utf8 = {0};
     Buf chars = {0}, out = {0};
-    int recent[REPEAT_WINDOW], n_recent = 0; /* distinct recent tokens, for the repeat penalty */
+    int recent[REPEAT_WINDOW], n_recent = 0; /* distinct recently generated tokens, for the repeat penalty */
 
     const char *reason = "length";
     int count = 0;
     double first_ms = 0;
     float *logits = NULL; /* NULL once cancelled */
-    for (int i = 0; i < n_prompt && (i == 0 || logits); i++)
-        logits = is_cancelled(&cc) ? NULL : feed(t, &win, prompt[i], is_cancelled, &cc);
+    if (!is_cancelled(&cc)) logits = feed_many(t, &win, prompt, n_prompt, is_cancelled, &cc); /* batched */
+    /* The penalty looks at generated tokens only, as llama.cpp's sampler chain does (prompt tokens are never
+     * accepted into it): the prompt names the story's subject, which the story must go on naming. */
     int prev = prompt[n_prompt - 1];
-    for (int i = n_prompt > REPEAT_WINDOW ? n_prompt - REPEAT_WINDOW : 0; i < n_prompt; i++) {
-        int seen = 0;
-        for (int j = 0; j < n_recent; j++) seen |= recent[j] == prompt[i];
-        if (!seen && n_recent < REPEAT_WINDOW) recent[n_recent++] = prompt[i];
-    }
     for (;;) {
         if (!logits || is_cancelled(&cc)) {
             reason = "cancelled";
@@ -387,14 +388,16 @@ static void generate(Transformer *t, const Tokenizer *tok, const Request *r) {
         }
         int next = sample(&sampler, logits, recent, n_recent);
         if (count == 0) first_ms = now_ms() - r->arrived_ms;
-        if (next == 2 || next == 1) {
+        if (is_end_token(tok, next)) {
             reason = "eos";
             break;
         }
         count++;
-        const char *piece = decode(tok, prev, next);
+        size_t piece_len;
+        const char *piece = decode(tok, prev, next, &piece_len);
+        if (!is_shown(tok, next, piece, piece_len) && tok->kind == TOKENIZER_BPE) piece_len = 0;
         chars.len = out.len = 0;
-        utf8_feed(&utf8, piece, strlen(piece), &chars);
+        utf8_feed(&utf8, piece, piece_len, &chars);
         stop_feed(&stops, chars.data ? chars.data : "", chars.len, &out);
         if (out.len) send_token(r->id, out.data, out.len);
         if (stops.is_stopped) {

@@ -1,0 +1,1 @@
+"""The controls: the serial and GPIO push buttons and the voice commands."""

@@ -1,0 +1,1 @@
+"""The plumbing: configuration, paths, systemd notification, state files, runtime settings."""
