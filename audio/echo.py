@@ -131,7 +131,9 @@ class SpeexCanceller:
             lib.speex_preprocess_ctl, self._pre, SPEEX_PREPROCESS_SET_ECHO_SUPPRESS_ACTIVE, settings.suppress_active_db
         )
         lib.speex_preprocess_ctl(self._pre, SPEEX_PREPROCESS_SET_ECHO_STATE, ctypes.c_void_p(self._echo))
-        self._out = np.zeros(FRAME_SAMPLES, dtype=np.int16)
+        # close() may come from another thread (a garbage-collected Microphone) while a capture callback whose
+        # stream could not be aborted still runs: the states are never freed under a running frame
+        self._lock = threading.Lock()
 
     @staticmethod
     def _ctl(function, state, request: int, value: int) -> None:
@@ -143,18 +145,27 @@ class SpeexCanceller:
         mic = np.ascontiguousarray(mic, dtype=np.int16)
         reference = np.ascontiguousarray(reference, dtype=np.int16)
         out = np.empty(FRAME_SAMPLES, dtype=np.int16)
-        self._lib.speex_echo_cancellation(self._echo, mic.ctypes.data, reference.ctypes.data, out.ctypes.data)
-        self._lib.speex_preprocess_run(self._pre, out.ctypes.data)
+        with self._lock:
+            if not self._echo:
+                return mic.copy()  # closed: the microphone as it is
+            self._lib.speex_echo_cancellation(self._echo, mic.ctypes.data, reference.ctypes.data, out.ctypes.data)
+            self._lib.speex_preprocess_run(self._pre, out.ctypes.data)
         return out
 
     def reset(self) -> None:
-        self._lib.speex_echo_state_reset(self._echo)
+        with self._lock:
+            if self._echo:
+                self._lib.speex_echo_state_reset(self._echo)
 
     def close(self) -> None:
-        if self._echo:
-            self._lib.speex_preprocess_state_destroy(self._pre)
-            self._lib.speex_echo_state_destroy(self._echo)
-            self._echo = self._pre = None
+        lock = getattr(self, "_lock", None)  # None: __init__ failed before it was made
+        if lock is None:
+            return
+        with lock:
+            if self._echo:
+                self._lib.speex_preprocess_state_destroy(self._pre)
+                self._lib.speex_echo_state_destroy(self._echo)
+                self._echo = self._pre = None
 
     def __del__(self) -> None:
         self.close()

@@ -41,7 +41,8 @@ def source_names() -> dict[int, str]:
 
 
 def own_capture_sources(pid: int) -> list[str]:
-    """The names of the sources this process's capture streams are on (several while one is being reopened)."""
+    """The names of the sources this process's capture streams are on (several while one is being reopened); []
+    when the server did not answer."""
     text = _pactl("-f", "json", "list", "source-outputs")
     if not text:
         return []
@@ -50,10 +51,12 @@ def own_capture_sources(pid: int) -> list[str]:
     except ValueError:
         return []
     names = source_names()
+    # a source the second query did not list (the server busy, or the source added in between) is left out: a
+    # name we could not learn is no proof that the stream moved
     return [
-        names.get(o.get("source"), "?")
+        names[o.get("source")]
         for o in outputs
-        if str(o.get("properties", {}).get("application.process.id", "")) == str(pid)
+        if str(o.get("properties", {}).get("application.process.id", "")) == str(pid) and o.get("source") in names
     ]
 
 

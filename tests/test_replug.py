@@ -111,3 +111,36 @@ def test_capture_moved_to_another_source_goes_back_to_the_microphone(sound_room,
     err = "".join(robot.stderr)
     assert "the microphone room.monitor went away" in err, [line for line in robot.stderr if "microphone" in line]
     assert _count(robot, "storybot: microphone:") == 1, err[-3000:]
+
+
+def test_a_server_that_does_not_name_the_source_is_no_move(tmp_path, monkeypatch):
+    """pactl lists this process's capture stream but the second query (the source names) fails: a clock step
+    under libfaketime did it once, and the daemon reopened a microphone that had not moved. A fake pactl,
+    because a real server cannot be made to answer one query and not the next."""
+    import os
+
+    from audio import pulse_source
+
+    fake = tmp_path / "pactl"
+    outputs = [{"source": 7, "properties": {"application.process.id": str(os.getpid())}}]
+    fake.write_text(
+        "#!/bin/sh\n"
+        'case "$*" in\n'
+        f"  *source-outputs*) echo '{json.dumps(outputs)}' ;;\n"
+        "  *get-default-source*) echo room.monitor ;;\n"
+        "  *) echo 'Connection failure: Timeout' >&2; exit 1 ;;\n"
+        "esac\n"
+    )
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
+    monkeypatch.setattr(pulse_source, "WATCH_S", 0.05)
+    assert pulse_source.own_capture_sources(os.getpid()) == []
+    watch = pulse_source.SourceWatch("room.monitor")
+    try:
+        time.sleep(0.5)
+        assert watch.moved_to is None
+    finally:
+        watch.close()
+    # the same stream on a source the server does name, and not the one wanted: a move
+    fake.write_text(fake.read_text().replace("  *) echo", "  *short*sources*) printf '7\\tspeaker.monitor\\n' ;;\n  *) echo"))
+    assert pulse_source.own_capture_sources(os.getpid()) == ["speaker.monitor"]
