@@ -9,6 +9,7 @@ import os
 import signal
 import sys
 
+from robot.memory.heap import limit_heap_arenas
 from robot.plumbing.config import Config, ConfigError, check_semantics, load_config
 from robot.plumbing.exits import Exit, epilog_line
 
@@ -121,6 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     faulthandler.enable()  # a crash in C code (PortAudio, llama.cpp bindings) leaves a stack trace
     faulthandler.register(signal.SIGUSR1, all_threads=True)  # kill -USR1 shows where a hung daemon is
+    limit_heap_arenas()  # before any thread starts (robot/memory/heap.py)
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["models"]:  # its own parser, --help included (argparse's REMAINDER would not take a first --help)
         from engines.models import main as models_main

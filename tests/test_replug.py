@@ -142,5 +142,7 @@ def test_a_server_that_does_not_name_the_source_is_no_move(tmp_path, monkeypatch
     finally:
         watch.close()
     # the same stream on a source the server does name, and not the one wanted: a move
-    fake.write_text(fake.read_text().replace("  *) echo", "  *short*sources*) printf '7\\tspeaker.monitor\\n' ;;\n  *) echo"))
+    fake.write_text(
+        fake.read_text().replace("  *) echo", "  *short*sources*) printf '7\\tspeaker.monitor\\n' ;;\n  *) echo")
+    )
     assert pulse_source.own_capture_sources(os.getpid()) == ["speaker.monitor"]
