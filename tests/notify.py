@@ -19,6 +19,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from tests.soundroom import warm_state_dir
+
 STORYBOT = str(Path(sys.executable).with_name("storybot"))
 
 
@@ -165,7 +167,12 @@ class RobotProcess:
         preexec_fn=None,
     ) -> None:
         args = [a for o in overrides for a in ("--set", o)]
-        full_env = {**room_env, "STORYBOT_STATE_DIR": str(state_dir), "PYTHONUNBUFFERED": "1", **(env or {})}
+        full_env = {
+            **room_env,
+            "STORYBOT_STATE_DIR": str(warm_state_dir(state_dir)),
+            "PYTHONUNBUFFERED": "1",
+            **(env or {}),
+        }
         self.proc = subprocess.Popen(
             [*argv_prefix, STORYBOT, "run", "-v", *args],
             env=full_env,

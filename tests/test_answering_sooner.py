@@ -21,6 +21,7 @@ from robot.events import TranscriptFinal
 from robot.listener import Listener
 from robot.plumbing.paths import assets_dir
 from tests.conftest import need
+from tests.soundroom import warm_state_dir
 
 RATE_HZ = 16000
 FRAME_MS = 30
@@ -214,7 +215,7 @@ def transcript_ready_s(sound_room, wav: Path, state_dir: Path) -> tuple[str, flo
 
     robot = subprocess.Popen(
         [STORYBOT, "listen", "-v", "--set", "engine.max_tokens=8"],
-        env={**sound_room.env(), "STORYBOT_STATE_DIR": str(state_dir)},
+        env={**sound_room.env(), "STORYBOT_STATE_DIR": str(warm_state_dir(state_dir))},
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,

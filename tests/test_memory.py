@@ -702,7 +702,7 @@ class Round:
 def voice_round_in_cgroup(cgroup: Path, sound_room, request: Path, tmp_path: Path, *overrides: str) -> Round:
     """`storybot listen` started inside the cgroup: a spoken request played into the room, the story recorded."""
     from tests.conftest import STORYBOT
-    from tests.soundroom import Recorder
+    from tests.soundroom import Recorder, warm_state_dir
 
     timings = tmp_path / "timings.json"
     argv = [STORYBOT, "listen", "-v", "--timings-json", str(timings)]
@@ -711,7 +711,7 @@ def voice_round_in_cgroup(cgroup: Path, sound_room, request: Path, tmp_path: Pat
     recorder = Recorder()
     robot = subprocess.Popen(
         ["sh", "-c", shell, "sh", *argv],
-        env={**sound_room.env(), "STORYBOT_STATE_DIR": str(tmp_path / "state")},
+        env={**sound_room.env(), "STORYBOT_STATE_DIR": str(warm_state_dir(tmp_path / "state"))},
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -877,7 +877,7 @@ def test_the_duo_64m_room_of_38_mib_tells_a_story_from_a_button_press(sized_cgro
     maps neither numpy, PortAudio, a recognizer nor OpenSSL."""
     from tests.buttonboard import ButtonBoard
     from tests.conftest import STORYBOT
-    from tests.soundroom import Recorder
+    from tests.soundroom import Recorder, warm_state_dir
 
     model, tokenizer = write_stories_shaped(tmp_path, "stories15M")
     cgroup = sized_cgroup(DUO_64M_ROOM)
@@ -889,7 +889,7 @@ def test_the_duo_64m_room_of_38_mib_tells_a_story_from_a_button_press(sized_cgro
     recorder = Recorder()
     robot = subprocess.Popen(
         ["sh", "-c", f'echo $$ > {cgroup}/cgroup.procs && exec "$@"', "sh", *argv],
-        env={**sound_room.env(), "STORYBOT_STATE_DIR": str(tmp_path / "state")},
+        env={**sound_room.env(), "STORYBOT_STATE_DIR": str(warm_state_dir(tmp_path / "state"))},
         stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     stderr: list[str] = []
@@ -965,14 +965,14 @@ def test_the_modules_of_a_daemon_without_microphone_import_neither_numpy_nor_por
 @pytest.mark.soundroom
 def test_storybot_tell_speaks_through_aplay_with_no_portaudio_or_recognizer_loaded(sound_room, tmp_path):
     from tests.conftest import STORYBOT
-    from tests.soundroom import Recorder
+    from tests.soundroom import Recorder, warm_state_dir
 
     model, tok = write_stories_shaped(tmp_path, "stories15M")
     recorder = Recorder()
     proc = subprocess.Popen(
         [STORYBOT, "tell", "a cat", "--set", "engine.backend='llama2c'", "--set", f"engine.model='{model}'",
          "--set", f"engine.tokenizer='{tok}'", "--set", "engine.max_tokens=24"],
-        env={**sound_room.env(), "STORYBOT_STATE_DIR": str(tmp_path / "state")},
+        env={**sound_room.env(), "STORYBOT_STATE_DIR": str(warm_state_dir(tmp_path / "state"))},
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL,
     )  # fmt: skip
     maps, players = set(), set()

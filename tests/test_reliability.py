@@ -42,7 +42,7 @@ from tests.notify import (
     in_session_or_group,
     is_gone,
 )
-from tests.soundroom import Recorder
+from tests.soundroom import Recorder, warm_state_dir
 
 WATCHDOG_USEC = 2_000_000  # so WATCHDOG=1 is due at least every second
 PING_S = WATCHDOG_USEC / 2 / 1e6
@@ -792,7 +792,11 @@ def test_a_config_mistake_stops_the_daemon_with_78_naming_file_key_and_expectati
     try:
         proc = subprocess.run(
             [STORYBOT, "run", "--config", str(config)],
-            env={**os.environ, **notify.env(WATCHDOG_USEC), "STORYBOT_STATE_DIR": str(tmp_path / "state")},
+            env={
+                **os.environ,
+                **notify.env(WATCHDOG_USEC),
+                "STORYBOT_STATE_DIR": str(warm_state_dir(tmp_path / "state")),
+            },
             capture_output=True,
             text=True,
             timeout=60,

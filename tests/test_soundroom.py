@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import STORYBOT, write_wav
-from tests.soundroom import Daemon, Recorder
+from tests.soundroom import Daemon, Recorder, warm_state_dir
 
 
 def wait_for_line(stream, needle: str, timeout_s: float, seen: list[str]) -> None:
@@ -49,7 +49,7 @@ def test_a_spoken_request_is_heard_and_told_out_loud(sound_room, espeak, tmp_pat
             "--set",
             "engine.seed=5",
         ],
-        env={**sound_room.env(), "STORYBOT_STATE_DIR": str(tmp_path / "state")},
+        env={**sound_room.env(), "STORYBOT_STATE_DIR": str(warm_state_dir(tmp_path / "state"))},
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -183,7 +183,7 @@ def test_the_daemon_tells_a_spoken_story_stops_on_enter_and_exits_on_sigterm(sou
     recorder = Recorder()
     robot = subprocess.Popen(
         [STORYBOT, "run", "-v", "--set", "engine.max_tokens=300", "--set", "engine.seed=4"],
-        env={**sound_room.env(), "STORYBOT_STATE_DIR": str(tmp_path / "state")},
+        env={**sound_room.env(), "STORYBOT_STATE_DIR": str(warm_state_dir(tmp_path / "state"))},
         stdin=slave,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

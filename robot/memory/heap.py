@@ -13,8 +13,6 @@ arenas. limit_heap_arenas caps them for the daemon's life.
 
 from __future__ import annotations
 
-import asyncio
-
 
 def release_free_heap() -> bool:
     """malloc_trim(0) where the C library has it; whether it did."""
@@ -51,6 +49,8 @@ async def keep_heap_trimmed(interval_s: float = TRIM_INTERVAL_S) -> None:
     """release_free_heap every interval_s: each sentence's speech passes through the daemon as a few copies of
     its PCM (hundreds of KiB), which glibc keeps as free heap once they are freed. A trim of a heap this small
     takes well under a millisecond."""
+    import asyncio  # here, not at the top: robot/cli.py imports this module before it keeps ssl out of asyncio
+
     if not release_free_heap():
         return
     while True:
