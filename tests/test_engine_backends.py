@@ -73,7 +73,9 @@ def test_a_model_file_still_chooses_between_the_back_ends_that_read_model_files(
 
 @pytest.mark.soundroom
 def test_the_daemon_tells_a_spoken_story_through_a_command_engine(sound_room, espeak, tmp_path):
-    request = write_wav(tmp_path / "request.wav", espeak("tell me a story about a cat who likes milk"), 16000)
+    # the dragon request: from the sound-room daemons' warm cepstral mean (tests/soundroom.py warm_state_dir)
+    # PocketSphinx hears "...a cat who likes milk" as "...a cats who like milk" (the grammar allows "a cats")
+    request = write_wav(tmp_path / "request.wav", espeak("tell me a story about a dragon who loves tea"), 16000)
     recorder = Recorder()
     robot = Daemon(
         sound_room,
@@ -96,7 +98,7 @@ def test_the_daemon_tells_a_spoken_story_through_a_command_engine(sound_room, es
         robot.proc.kill()
         recorder.stop()
     assert [line.strip() for line in robot.stdout[:2]] == [
-        "Once upon a time, there was a cat who liked milk.",
+        "Once upon a time, there was a dragon who loved tea.",
         "It drank warm milk by the fire.",
     ]
     assert recorder.speech_seconds() >= 2.0, "the story was not heard from the speaker"
