@@ -9,7 +9,7 @@ Cold (default): a fresh recognizer per decode, as the daemon's first request on 
 tests) has it; --warm: one recognizer for all, its cepstral mean adapted after the first.
 
 Usage: .venv/bin/python scripts/bench_asr_robustness.py [--options 'dither=yes,seed=1;cmn=batch'] [--voices adult]
-    [--commands]
+    [--commands] [--cold-passes 1,2,3] [--requests N] [--sweep] [--warm]
     each ';'-separated set of PocketSphinx settings over audio/asr.py's is benchmarked after its defaults;
     --commands also decodes tests/test_commands.py's phrases in command mode with each set (one recognizer, in
     that test's order) and says which commands were missed or which story sentences were taken for one.
@@ -34,7 +34,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from audio.asr import SAMPLE_RATE_HZ, PocketSphinxRecognizer  # noqa: E402
+from audio.asr import COLD_PASSES, SAMPLE_RATE_HZ, PocketSphinxRecognizer  # noqa: E402
 from robot.controls.commands import CommandPhrases  # noqa: E402
 from robot.plumbing.paths import assets_dir  # noqa: E402
 from tests import spoken_requests as spoken  # noqa: E402
@@ -80,11 +80,14 @@ def speech_of(text: str, voice, work: Path) -> np.ndarray:
 
 
 def new_recognizer(options: dict, work: Path) -> PocketSphinxRecognizer:
+    options = dict(options)
+    passes = options.pop("cold_passes", COLD_PASSES)  # ours, not PocketSphinx's (--cold-passes)
     return PocketSphinxRecognizer(
         jsgf_file=STORY_GRAMMAR,
         commands=CommandPhrases.load("en").grammar(),
         dictionary_dir=str(work),
         decoder_options=options,
+        cold_passes=passes,
     )
 
 
@@ -156,6 +159,9 @@ def main() -> int:
     parser.add_argument("--warm", action="store_true", help="one recognizer for all decodes (adapted mean)")
     parser.add_argument("--verbose", action="store_true", help="every wrong transcript")
     parser.add_argument("--commands", action="store_true", help="also the command phrases (tests/test_commands.py)")
+    parser.add_argument(
+        "--cold-passes", default="", help="','-separated counts of second passes to compare (audio/asr.py COLD_PASSES)"
+    )
     args = parser.parse_args()
     problem = missing_tools()
     if problem:
@@ -169,6 +175,7 @@ def main() -> int:
           f"{'warm' if args.warm else 'cold'} recognizer")  # fmt: skip
     with tempfile.TemporaryDirectory(prefix="bench-asr-robustness-") as directory:
         sets = [""] + [s for s in args.options.split(";") if s.strip()]
+        sets += [f"cold_passes={n}" for n in args.cold_passes.split(",") if n.strip()]
         for text in dict.fromkeys(sets):
             bench(parse_options(text), perturbations, voices, requests, Path(directory), args.warm, args.verbose)
             if args.commands:

@@ -139,9 +139,19 @@ def test_a_child_like_request_through_the_daemon_in_the_sound_room(is_child_voic
         robot.wait_until(lambda: any("listening on" in line for line in robot.stderr), 60, "listening")
         time.sleep(1.0)
         request = spoken.REQUESTS_EN[0]  # "tell me a story about a dragon who loves tea"
-        sound_room.play_into_room(_wav(tmp_path / "request.wav", request.text, CHILD_VOICES[0], wav_dir))
-        robot.wait_until(lambda: any("heard: " in line for line in robot.stderr), 60, "the request heard")
-        time.sleep(1.0)  # the story, if any, is requested right after the transcript
+        wav = _wav(tmp_path / "request.wav", request.text, CHILD_VOICES[0], wav_dir)
+        # Asked twice at most, as a child does when the robot does not answer: through the room this voice's
+        # request decodes right about 3 times in 4 (the rate is the offline tests' business, above); the tuning
+        # reaching the daemon is this test's. Untuned, neither try may start a story.
+        for tries in (1, 2):
+            sound_room.play_into_room(wav)
+            robot.wait_until(
+                lambda tries=tries: sum("heard: " in line for line in robot.stderr) >= tries, 60, "the request heard"
+            )
+            time.sleep(1.0)  # the story, if any, is requested right after the transcript
+            if any("story requested" in line for line in robot.stderr):
+                break
+            time.sleep(1.0)  # the room quiet again before the child asks again
         robot.proc.send_signal(signal.SIGTERM)
         assert robot.proc.wait(15) == 0
     finally:
