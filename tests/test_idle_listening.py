@@ -12,17 +12,8 @@ import numpy as np
 import pytest
 
 from audio.speech import frame_levels_dbfs, rms_dbfs
-from audio.vad import EnergyVad, VadEvent, VadSettings
-
-SETTINGS = VadSettings(
-    frame_ms=30,
-    margin_db=12,
-    min_level_dbfs=-50,
-    preroll_ms=300,
-    min_speech_ms=150,
-    end_silence_ms=700,
-    max_utterance_s=15,
-)
+from audio.vad import EnergyVad, VadEvent
+from tests.test_audio import SETTINGS  # the detector's settings of the voice-activity tests
 
 
 def test_block_levels_are_the_frame_levels():
