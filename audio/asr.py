@@ -224,6 +224,7 @@ class PocketSphinxRecognizer:
         self._is_started = False
         self._partial = ""
         self._utterance: list[bytes] = []  # kept for a second pass while the cepstral mean is cold
+        self._request_cmn: str | None = None  # the mean of requests while commands are decoded (use_commands)
         self._cmn_file = Path(cmn_file) if cmn_file else None
         self._cold_passes = cold_passes
         self._is_cmn_warm = self._restore_cmn()
@@ -269,6 +270,14 @@ class PocketSphinxRecognizer:
     def use_commands(self, is_command: bool) -> None:
         is_command = is_command and bool(self._command_words)
         if is_command != self._is_command and not self._is_started:
+            # The cepstral mean adapts to whatever is decoded. In command mode that is mostly the robot's own voice
+            # leaking past the echo canceller and the room's noise: the next request decoded from that mean came out
+            # as nothing or as "two turtle who reads" for "continue the story" (0 of 72 sweep variants right, 72 of
+            # 72 from the request mean). Requests are decoded from the mean of requests.
+            if is_command:
+                self._request_cmn = self._decoder.get_cmn(False)
+            elif self._request_cmn is not None:
+                self._decoder.set_cmn(self._request_cmn)
             self._is_command = is_command
             self._decoder.activate_search("commands" if is_command else self._request_search)
 
@@ -286,7 +295,7 @@ class PocketSphinxRecognizer:
             if not pcm:
                 return None
         self._decoder.process_raw(pcm, False, False)
-        if not self._is_cmn_warm:
+        if not self._is_cmn_warm and not self._is_command:
             self._utterance.append(pcm)
         hyp = self._decoder.hyp()
         partial = self._words(hyp.hypstr) if hyp is not None else ""
@@ -302,23 +311,24 @@ class PocketSphinxRecognizer:
             rest = self._lowering.flush()
             if rest:
                 self._decoder.process_raw(rest, False, False)
-                if not self._is_cmn_warm:
+                if not self._is_cmn_warm and not self._is_command:
                     self._utterance.append(rest)
         self._decoder.end_utt()
         self._is_started = False
         self._partial = ""
-        if not self._is_cmn_warm:
-            # Live cepstral-mean normalisation starts from a generic mean, which garbles a fresh decoder's
-            # first utterance; having heard it once, the decoder hears it again with the mean adapted
-            # (COLD_PASSES times).
-            self._is_cmn_warm = True
-            utterance = b"".join(self._utterance)
-            for _ in range(self._cold_passes):
-                self._decoder.start_utt()
-                self._decoder.process_raw(utterance, False, True)
-                self._decoder.end_utt()
-            self._utterance = []
-        self._save_cmn()
+        if not self._is_command:  # a command's decode neither warms nor saves the mean of requests (use_commands)
+            if not self._is_cmn_warm:
+                # Live cepstral-mean normalisation starts from a generic mean, which garbles a fresh decoder's
+                # first utterance; having heard it once, the decoder hears it again with the mean adapted
+                # (COLD_PASSES times).
+                self._is_cmn_warm = True
+                utterance = b"".join(self._utterance)
+                for _ in range(self._cold_passes):
+                    self._decoder.start_utt()
+                    self._decoder.process_raw(utterance, False, True)
+                    self._decoder.end_utt()
+                self._utterance = []
+            self._save_cmn()
         hyp = self._decoder.hyp()
         words = self._words(hyp.hypstr).strip() if hyp is not None else ""
         _return_freed_memory()

@@ -191,6 +191,41 @@ def test_pocketsphinx_keeps_its_adapted_cepstral_mean_across_restarts(espeak, tm
     assert not PocketSphinxRecognizer(jsgf_file=STORY_GRAMMAR, cmn_file=str(cmn))._is_cmn_warm
 
 
+def test_what_pocketsphinx_decodes_in_command_mode_does_not_pull_the_mean_of_requests(espeak, tmp_path):
+    """While the robot speaks, command mode decodes its own voice and the room's noise. Before the next request the
+    recognizer goes back to the cepstral mean of requests: decoded on from the other, "continue the story" came
+    out as "two turtle who reads" in CI, and as nothing after the robot's voice."""
+    from robot.controls.commands import CommandPhrases
+
+    async def robot_voice():
+        tts = FliteTts("", Timeouts(10, 0.05), spawn=Child)
+        try:
+            return await tts.synthesize("Once upon a time there was a little dragon who loved tea. Every morning "
+                                        "he boiled water in a big pot, and one day the pot broke.")  # fmt: skip
+        finally:
+            await tts.close()
+
+    voice = run(robot_voice()).resampled(16000).samples
+    rng = np.random.default_rng(7)
+    noises = [rng.normal(0, 30, 16000 * 2).astype(np.int16) for _ in range(5)]  # a quiet room's, over a story
+    cmn = tmp_path / "cmn"
+    recognizer = PocketSphinxRecognizer(
+        jsgf_file=STORY_GRAMMAR, cmn_file=str(cmn), commands=CommandPhrases.load("en").grammar()
+    )
+    feed(recognizer, espeak("tell me a story about a dragon who loves tea"))
+    assert "dragon who loves tea" in recognizer.finish()
+    mean_of_requests = cmn.read_text()
+    leaks = [voice[i : i + 16000 * 3] for i in range(0, len(voice), 16000 * 3)] + noises  # at most MAX_COMMAND_S
+    for leak in leaks:
+        recognizer.use_commands(True)
+        feed(recognizer, leak)
+        recognizer.finish()
+    recognizer.use_commands(False)
+    assert cmn.read_text() == mean_of_requests, "a command-mode decode was saved as the mean of requests"
+    feed(recognizer, espeak("continue the story"))
+    assert recognizer.finish() == "continue the story"
+
+
 def test_pocketsphinx_phrase_list_mode(espeak):
     recognizer = PocketSphinxRecognizer(grammar=("stop", "another story", "louder", "softer"))
     feed(recognizer, espeak("another story"))
