@@ -230,7 +230,7 @@ class Listener:
             self._vad.reset()
             self._utterance = None
             text = await loop.run_in_executor(self._asr_thread, recognizer.finish)
-            log.debug("a whole request after %d ms of silence: %r", silence_ms, text)
+            log.info("a whole request: final after %d ms of silence", silence_ms)
             self._post(TranscriptFinal(text=text, end_of_speech_at=time.monotonic() - silence_ms / 1000.0))
             return
         is_command_over = (

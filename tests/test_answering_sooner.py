@@ -203,9 +203,10 @@ def test_vosk_grammar_phrases_are_whole_requests():
 # --- end to end: the daemon in the sound room --------------------------------------------------------------
 
 
-def transcript_ready_s(sound_room, wav: Path, state_dir: Path) -> tuple[str, float]:
-    """What `storybot listen` heard of wav played into the room, and how long after the end of speech (by the
-    listener's own frames) its transcript was final."""
+def transcript_ready_s(sound_room, wav: Path, state_dir: Path) -> tuple[str, float, int | None]:
+    """What `storybot listen` heard of wav played into the room, how long after the end of speech (by the
+    listener's own frames) its transcript was final, and the silence in ms it waited for if it ended as a whole
+    request (None: it waited the full end_silence_ms)."""
     import re
     import subprocess
     import threading
@@ -240,7 +241,8 @@ def transcript_ready_s(sound_room, wav: Path, state_dir: Path) -> tuple[str, flo
         robot.wait()
     text = next(line[7:].strip() for line in lines if line.startswith("heard: "))
     ready = next(float(m.group(1)) for line in lines if (m := re.search(r"transcript ready ([0-9.]+) s", line)))
-    return text, ready
+    early = [int(m.group(1)) for line in lines if (m := re.search(r"a whole request: final after (\d+) ms", line))]
+    return text, ready, early[0] if early else None
 
 
 @pytest.mark.soundroom
@@ -253,9 +255,14 @@ def test_in_the_sound_room_a_whole_request_is_final_sooner_than_an_unfinished_on
     whole = write_wav(tmp_path / "whole.wav", espeak(REQUEST), 16000)
     unfinished = write_wav(tmp_path / "unfinished.wav", espeak("tell me a story about a"), 16000)
     transcript_ready_s(sound_room, whole, state)
-    text, ready_s = transcript_ready_s(sound_room, whole, state)
+    text, ready_s, silence_ms = transcript_ready_s(sound_room, whole, state)
     assert "dragon who loves tea" in text, text  # heard as a whole request (its first words may vary)
-    # the short wait is 250 ms; the full wait alone is 700 ms (the bound is the behaviour: ended early or not)
-    assert ready_s < 0.6, f"a whole request was final {ready_s:.2f} s after its end"
-    text, ready_s = transcript_ready_s(sound_room, unfinished, state)
-    assert ready_s >= 0.7, f"the unfinished request {text} was final {ready_s:.2f} s after its end"
+    # the short wait is 250 ms of the listener's frames, the full one 700 ms: which one it took is the behaviour.
+    # The wall clock adds whatever the daemon's loop was behind on a busy machine (CI once: 0.70 s), so it is
+    # printed, not bounded
+    print(f"whole request final {ready_s:.2f} s after its end (the listener waited {silence_ms} ms of silence)")
+    assert silence_ms is not None and silence_ms < 700, f"a whole request waited the full silence ({ready_s:.2f} s)"
+    text, ready_s, silence_ms = transcript_ready_s(sound_room, unfinished, state)
+    assert silence_ms is None and ready_s >= 0.7, (
+        f"the unfinished request {text} was final {ready_s:.2f} s after its end"
+    )
