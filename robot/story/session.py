@@ -17,6 +17,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from audio.devices import DeviceError
 from audio.playback import PlaybackError, Sink, play_pieces
@@ -29,6 +30,9 @@ from robot.story.canned import canned_story
 from robot.story.prompt import PHRASES, StoryPrompt, build_prompt, chat_prefix
 from robot.story.resume import StoryRecord, StoryStore
 from robot.story.sentences import SentenceSplitter
+
+if TYPE_CHECKING:
+    from robot.engine_port import Engine
 
 log = logging.getLogger(__name__)
 
@@ -291,8 +295,8 @@ class StoryTeller:
         return story_so_far
 
     @staticmethod
-    def _chat_prefix(engine, plan: StoryPlan) -> str:
-        template = getattr(engine, "chat_template", "")
+    def _chat_prefix(engine: Engine, plan: StoryPlan) -> str:
+        template = engine.chat_template
         if not template:
             return ""
         try:
