@@ -224,7 +224,11 @@ class PocketSphinxRecognizer:
         self._is_started = False
         self._partial = ""
         self._utterance: list[bytes] = []  # kept for a second pass while the cepstral mean is cold
-        self._request_cmn: str | None = None  # the mean of requests while commands are decoded (use_commands)
+        # each mode's cepstral mean while the other one's is in use, and whether the command mode's has adapted yet
+        # (use_commands); the mean of requests is the one restored and saved (_is_cmn_warm: it has adapted)
+        self._request_cmn: str | None = None
+        self._command_cmn: str | None = None
+        self._is_command_cmn_warm = False
         self._cmn_file = Path(cmn_file) if cmn_file else None
         self._cold_passes = cold_passes
         self._is_cmn_warm = self._restore_cmn()
@@ -273,11 +277,19 @@ class PocketSphinxRecognizer:
             # The cepstral mean adapts to whatever is decoded. In command mode that is mostly the robot's own voice
             # leaking past the echo canceller and the room's noise: the next request decoded from that mean came out
             # as nothing or as "two turtle who reads" for "continue the story" (0 of 72 sweep variants right, 72 of
-            # 72 from the request mean). Requests are decoded from the mean of requests.
+            # 72 from the request mean). Each mode decodes on from its own mean; the first command mode starts from
+            # the mean of requests.
+            current = self._decoder.get_cmn(False)
             if is_command:
-                self._request_cmn = self._decoder.get_cmn(False)
-            elif self._request_cmn is not None:
-                self._decoder.set_cmn(self._request_cmn)
+                self._request_cmn = current
+                if self._command_cmn is not None:
+                    self._decoder.set_cmn(self._command_cmn)
+                else:
+                    self._is_command_cmn_warm = self._is_cmn_warm
+            else:
+                self._command_cmn = current
+                if self._request_cmn is not None:
+                    self._decoder.set_cmn(self._request_cmn)
             self._is_command = is_command
             self._decoder.activate_search("commands" if is_command else self._request_search)
 
@@ -295,7 +307,7 @@ class PocketSphinxRecognizer:
             if not pcm:
                 return None
         self._decoder.process_raw(pcm, False, False)
-        if not self._is_cmn_warm and not self._is_command:
+        if self._is_cold():
             self._utterance.append(pcm)
         hyp = self._decoder.hyp()
         partial = self._words(hyp.hypstr) if hyp is not None else ""
@@ -311,28 +323,34 @@ class PocketSphinxRecognizer:
             rest = self._lowering.flush()
             if rest:
                 self._decoder.process_raw(rest, False, False)
-                if not self._is_cmn_warm and not self._is_command:
+                if self._is_cold():
                     self._utterance.append(rest)
         self._decoder.end_utt()
         self._is_started = False
         self._partial = ""
-        if not self._is_command:  # a command's decode neither warms nor saves the mean of requests (use_commands)
-            if not self._is_cmn_warm:
-                # Live cepstral-mean normalisation starts from a generic mean, which garbles a fresh decoder's
-                # first utterance; having heard it once, the decoder hears it again with the mean adapted
-                # (COLD_PASSES times).
+        if self._is_cold():
+            # Live cepstral-mean normalisation starts from a generic mean, which garbles a fresh decoder's first
+            # utterance; having heard it once, the decoder hears it again with the mean adapted (COLD_PASSES times)
+            if self._is_command:
+                self._is_command_cmn_warm = True
+            else:
                 self._is_cmn_warm = True
-                utterance = b"".join(self._utterance)
-                for _ in range(self._cold_passes):
-                    self._decoder.start_utt()
-                    self._decoder.process_raw(utterance, False, True)
-                    self._decoder.end_utt()
-                self._utterance = []
+            utterance = b"".join(self._utterance)
+            for _ in range(self._cold_passes):
+                self._decoder.start_utt()
+                self._decoder.process_raw(utterance, False, True)
+                self._decoder.end_utt()
+            self._utterance = []
+        if not self._is_command:  # only the mean of requests is kept across restarts
             self._save_cmn()
         hyp = self._decoder.hyp()
         words = self._words(hyp.hypstr).strip() if hyp is not None else ""
         _return_freed_memory()
         return words
+
+    def _is_cold(self) -> bool:
+        """The mean this mode decodes from has not adapted to an utterance yet."""
+        return not (self._is_command_cmn_warm if self._is_command else self._is_cmn_warm)
 
     def _words(self, hypothesis: str) -> str:
         """In command mode the filler words of the grammar are reported as [unk], as Vosk does."""
