@@ -300,6 +300,11 @@ class EchoCanceller:
         self.resyncs = 0  # overflows of the input stream (each places the microphone anew)
         self.raw_energy = self.out_energy = 0.0  # what came in and went out while cancelling (for ERLE)
 
+    @property
+    def delay_s(self) -> float:
+        """The echo's delay behind the robot's playback, as measured now."""
+        return self.delay_samples / RATE_HZ
+
     def resync(self) -> None:
         """The input stream lost samples (an overflow): its next timestamp places it anew."""
         self._timeline.resync()

@@ -52,6 +52,11 @@ COMMAND_MIN_LEVEL_DBFS = -35.0
 # The echo canceller learns the room again at each story's start (each story opens a new output stream) for about
 # 1.2-1.5 s (measured in the leaky sound room), and its robot's voice was heard as "what did you say" (repeat).
 COMMAND_HOLD_OFF_S = 2.0
+# Once the robot is quiet again its last words are still on their way into the room: the output device's buffer
+# (0.4 s, as the earcon's mute counts it), then the echo's own delay. In CI's leaky sound room, under load, that delay
+# was 600 ms, and the last word of a story ("king") was heard as the request of a press that came 0.26 s after the
+# story ended. The microphone is ignored for this long, plus the measured delay where an echo canceller measures one.
+VOICE_TAIL_S = 0.4
 
 
 class Listener:
@@ -64,10 +69,12 @@ class Listener:
         is_open: Callable[[], bool],
         is_command_time: Callable[[], bool] = lambda: False,
         is_recognizer_wanted: Callable[[], bool] = lambda: True,
+        echo_delay_s: Callable[[], float] = lambda: 0.0,
     ) -> None:
         """is_open: requests may be heard; is_command_time: (gate closed) voice commands may be heard;
         is_recognizer_wanted: False while its memory is needed elsewhere (the model is then released, and loaded
-        again when it is wanted)."""
+        again when it is wanted); echo_delay_s: the robot's voice's delay into the microphone as measured now (0:
+        not measured), added to VOICE_TAIL_S when the gate opens again."""
         self._post = post
         self._make_microphone = make_microphone
         self._make_recognizer = make_recognizer
@@ -82,6 +89,8 @@ class Listener:
         self._utterance: _Utterance | None = None
         self._is_end_requested = False
         self._muted_until = 0.0
+        self._echo_delay_s = echo_delay_s
+        self._was_closed = False  # the gate, at the last block
         self._command_since: float | None = None  # when the robot began thinking or speaking (commands only)
         # the recognizer is fed in order on one thread, off the event loop
         self._asr_thread = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="asr")
@@ -151,8 +160,13 @@ class Listener:
             block = await mic.read_block()
 
     def _note_command_time(self) -> None:
-        """When the robot began thinking or speaking, for the hold-off (every block: quiet ones too)."""
-        if self._is_open() or not self._is_command_time():
+        """When the robot began thinking or speaking, for the hold-off; and the robot's voice's tail once the gate
+        opens again, ignored (VOICE_TAIL_S). Every block: quiet ones too."""
+        is_open = self._is_open()
+        if is_open and self._was_closed:
+            self.mute_for(VOICE_TAIL_S + max(0.0, self._echo_delay_s()))
+        self._was_closed = not is_open
+        if is_open or not self._is_command_time():
             self._command_since = None
         elif self._command_since is None:
             self._command_since = time.monotonic()

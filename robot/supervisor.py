@@ -459,12 +459,15 @@ def _make_listener(config: Config, robot, echo_reference=None):
 
     vad = config.vad
 
+    cancellers: list = []  # the microphone's current one last
+
     def canceller():
         if echo_reference is None:
             return None
         from audio.echo import EchoCanceller, EchoSettings
 
-        return EchoCanceller(echo_reference, EchoSettings(filter_ms=config.audio.echo_filter_ms))
+        cancellers[:] = [EchoCanceller(echo_reference, EchoSettings(filter_ms=config.audio.echo_filter_ms))]
+        return cancellers[0]
 
     arguments: dict[str, Any] = {
         "backend": config.asr.backend,
@@ -508,6 +511,7 @@ def _make_listener(config: Config, robot, echo_reference=None):
         is_open=lambda: robot.is_listening_allowed,
         is_command_time=lambda: robot.is_command_time,
         is_recognizer_wanted=lambda: robot.is_recognizer_wanted,
+        echo_delay_s=lambda: cancellers[0].delay_s if cancellers else 0.0,
     )
 
 
