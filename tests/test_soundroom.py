@@ -269,7 +269,15 @@ def test_a_story_resumes_after_the_daemon_is_killed_mid_story(sound_room, espeak
     try:
         second.wait_until(lambda: any("listening on" in line for line in second.stderr), 60, "listening")
         time.sleep(0.5)
-        sound_room.play_into_room(again)
+        # asked twice at most, as a child asks again when the robot does not answer: through CI's room PocketSphinx
+        # heard "continue the story" as "two blue forest" once; what is tested here is the story going on
+        for _ in range(2):
+            before = len(second.stderr)
+            sound_room.play_into_room(again)
+            second.wait_until(lambda b=before: any("heard: " in x for x in second.stderr[b:]), 30, "a transcript")
+            time.sleep(0.5)
+            if any("story requested" in line for line in second.stderr[before:]):
+                break
         second.wait_until(
             lambda: any("speaking -> idle" in line for line in second.stderr), 120, "the rest of the story"
         )
@@ -279,7 +287,7 @@ def test_a_story_resumes_after_the_daemon_is_killed_mid_story(sound_room, espeak
         second.proc.kill()
     told = [line.strip() for line in second.stdout]
     heard = [line for line in second.stderr if line.startswith("heard: ")]
-    assert heard and "continue" in heard[0]
+    assert heard and "continue" in heard[-1], heard
     assert told[0] == "Let's go on with the story."
     assert told[1] == saved["sentences"][-1] and told[1] in heard_before
     assert told[2] not in heard_before  # new story, not the old one again
