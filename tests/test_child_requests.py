@@ -140,10 +140,10 @@ def test_a_child_like_request_through_the_daemon_in_the_sound_room(is_child_voic
         time.sleep(1.0)
         request = spoken.REQUESTS_EN[0]  # "tell me a story about a dragon who loves tea"
         wav = _wav(tmp_path / "request.wav", request.text, CHILD_VOICES[0], wav_dir)
-        # Asked twice at most, as a child does when the robot does not answer: through the room this voice's
-        # request decodes right about 3 times in 4 (the rate is the offline tests' business, above); the tuning
-        # reaching the daemon is this test's. Untuned, neither try may start a story.
-        for tries in (1, 2):
+        # Asked three times at most, as a child does when the robot does not answer: through the room this voice's
+        # request decodes right about 3 times in 4 (the rate is the offline tests' business, above; CI once missed
+        # it twice running); the tuning reaching the daemon is this test's. Untuned, no try may start a story.
+        for tries in (1, 2, 3):
             sound_room.play_into_room(wav)
             robot.wait_until(
                 lambda tries=tries: sum("heard: " in line for line in robot.stderr) >= tries, 60, "the request heard"
