@@ -149,7 +149,7 @@ class Listener:
         self._utterance = None
         block = first_block
         while True:
-            self._note_command_time()
+            self._note_gate()
             levels_dbfs = frame_levels_dbfs(block)
             if not await self._is_quiet_block_taken(block, levels_dbfs):
                 for frame, level_dbfs in zip(block, levels_dbfs, strict=True):
@@ -159,7 +159,7 @@ class Listener:
             # a block of frames per wake-up, their levels in one pass: listening to silence costs little
             block = await mic.read_block()
 
-    def _note_command_time(self) -> None:
+    def _note_gate(self) -> None:
         """When the robot began thinking or speaking, for the hold-off; and the robot's voice's tail once the gate
         opens again, ignored (VOICE_TAIL_S). Every block: quiet ones too."""
         is_open = self._is_open()

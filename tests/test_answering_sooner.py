@@ -107,16 +107,21 @@ def hear(samples: np.ndarray, make_recognizer, settings: VadSettings = SETTINGS)
         if isinstance(event, TranscriptFinal):
             heard.append((event.text, mic.frames_read))
 
+    listen_through(mic, len(samples), Listener(post, lambda: mic, make_recognizer, settings, is_open=lambda: True))
+    return heard
+
+
+def listen_through(mic: RecordedMicrophone, sample_count: int, listener: Listener, poll_s: float = 0.0) -> None:
+    """Run listener until mic has handed over sample_count samples."""
+
     async def run() -> None:
-        listener = Listener(post, lambda: mic, make_recognizer, settings, is_open=lambda: True)
         task = asyncio.create_task(listener.run())
-        while mic.frames_read * FRAME_SAMPLES < len(samples) and not task.done():
-            await asyncio.sleep(0)
+        while mic.frames_read * FRAME_SAMPLES < sample_count and not task.done():
+            await asyncio.sleep(poll_s)
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
 
     asyncio.run(run())
-    return heard
 
 
 @pytest.fixture(scope="module")
@@ -288,17 +293,10 @@ def hear_after_a_story(samples: np.ndarray, make_recognizer, open_at_frame: int,
         if isinstance(event, TranscriptFinal):
             heard.append(event.text)
 
-    async def run() -> None:
-        listener = Listener(post, lambda: mic, make_recognizer, SETTINGS,
-                            is_open=lambda: mic.frames_read >= open_at_frame,
-                            echo_delay_s=lambda: echo_delay_s)  # fmt: skip
-        task = asyncio.create_task(listener.run())
-        while mic.frames_read * FRAME_SAMPLES < len(samples) and not task.done():
-            await asyncio.sleep(0.01)
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
-
-    asyncio.run(run())
+    listener = Listener(post, lambda: mic, make_recognizer, SETTINGS,
+                        is_open=lambda: mic.frames_read >= open_at_frame,
+                        echo_delay_s=lambda: echo_delay_s)  # fmt: skip
+    listen_through(mic, len(samples), listener, poll_s=0.01)
     return heard
 
 
