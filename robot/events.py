@@ -75,6 +75,14 @@ class TranscriptFinal:
 
 
 @dataclass(frozen=True)
+class WakeWordHeard:
+    """The wake word (asr.wake_word), a spoken press: idle, listen for a request; thinking or speaking, stop."""
+
+    phrase: str
+    at: float
+
+
+@dataclass(frozen=True)
 class CommandHeard:
     """An utterance heard while the robot was thinking or speaking, decoded with the command grammar only."""
 
@@ -182,6 +190,7 @@ Event = (
     | TranscriptPartial
     | TranscriptFinal
     | CommandHeard
+    | WakeWordHeard
     | StoryRequested
     | StopRequested
     | VolumeSet

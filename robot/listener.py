@@ -26,6 +26,7 @@ from audio.capture import Microphone, MicStalled
 from audio.devices import DeviceError
 from audio.speech import frame_levels_dbfs
 from audio.vad import EnergyVad, VadEvent, VadSettings
+from audio.wake import WakeWord
 from robot.events import (
     CommandHeard,
     Event,
@@ -34,6 +35,7 @@ from robot.events import (
     SpeechStarted,
     TranscriptFinal,
     TranscriptPartial,
+    WakeWordHeard,
 )
 from robot.plumbing.backoff import Backoff
 
@@ -70,11 +72,13 @@ class Listener:
         is_command_time: Callable[[], bool] = lambda: False,
         is_recognizer_wanted: Callable[[], bool] = lambda: True,
         echo_delay_s: Callable[[], float] = lambda: 0.0,
+        wake_word: WakeWord | None = None,
     ) -> None:
         """is_open: requests may be heard; is_command_time: (gate closed) voice commands may be heard;
         is_recognizer_wanted: False while its memory is needed elsewhere (the model is then released, and loaded
         again when it is wanted); echo_delay_s: the robot's voice's delay into the microphone as measured now (0:
-        not measured), added to VOICE_TAIL_S when the gate opens again."""
+        not measured), added to VOICE_TAIL_S when the gate opens again. wake_word: listened for in every frame
+        while requests or commands may be heard (WakeWordHeard); what was being said with it counts for nothing."""
         self._post = post
         self._make_microphone = make_microphone
         self._make_recognizer = make_recognizer
@@ -90,6 +94,7 @@ class Listener:
         self._is_end_requested = False
         self._muted_until = 0.0
         self._echo_delay_s = echo_delay_s
+        self._wake_word = wake_word
         self._was_closed = False  # the gate, at the last block
         self._command_since: float | None = None  # when the robot began thinking or speaking (commands only)
         # the recognizer is fed in order on one thread, off the event loop
@@ -150,6 +155,9 @@ class Listener:
         block = first_block
         while True:
             self._note_gate()
+            if self._wake_word is not None and await self._is_wake_word_in(block):
+                block = await mic.read_block()
+                continue
             levels_dbfs = frame_levels_dbfs(block)
             if not await self._is_quiet_block_taken(block, levels_dbfs):
                 for frame, level_dbfs in zip(block, levels_dbfs, strict=True):
@@ -170,6 +178,23 @@ class Listener:
             self._command_since = None
         elif self._command_since is None:
             self._command_since = time.monotonic()
+
+    async def _is_wake_word_in(self, block) -> bool:
+        """The wake word ends in this block (when requests or commands may be heard): posted, and the utterance
+        that carried it, if any, is dropped (the word is no request, and a request said with it would be cut)."""
+        wake_word = self._wake_word
+        assert wake_word is not None
+        if time.monotonic() < self._muted_until or not (self._is_open() or self._is_command_time()):
+            return False
+        if not wake_word.hear(block.reshape(-1)):
+            return False
+        log.info("wake word %r heard", wake_word.phrase)
+        if self._utterance is not None and self._recognizer is not None:
+            await asyncio.get_running_loop().run_in_executor(self._asr_thread, self._recognizer.finish)
+        self._utterance = None
+        self._vad.reset()
+        self._post(WakeWordHeard(wake_word.phrase, time.monotonic()))
+        return True
 
     async def _is_quiet_block_taken(self, block, levels_dbfs: list[float]) -> bool:
         """The common case of a quiet room between requests, a block at a time; what _on_frame would do."""

@@ -41,6 +41,7 @@ from robot.events import (
     TranscriptFinal,
     TranscriptPartial,
     VolumeSet,
+    WakeWordHeard,
 )
 from robot.plumbing.config import Config
 from robot.plumbing.exits import Exit
@@ -233,11 +234,14 @@ class Robot:
             case ButtonPressed(source=source) if self.state is State.IDLE and not self.has_microphone:
                 self._start_story(self._surprise_subject(), source, time.monotonic())  # nothing to listen with
             case ButtonPressed() if self.state is State.IDLE:
-                self._press_number += 1
-                self._is_pressed_request = True
-                self._set_state(State.LISTENING)
-                self._is_speech_since_press = self._is_long_press_pending = False
-                self.on_listen_requested()
+                self._listen_for_request()
+            case WakeWordHeard(phrase=phrase) if self.state in (State.THINKING, State.SPEAKING):
+                log.info("wake word %r while speaking: stopping the story", phrase)
+                await self._stop_story()
+                self._set_state(State.IDLE)
+            case WakeWordHeard(phrase=phrase) if self.state in (State.IDLE, State.LISTENING) and self.has_microphone:
+                log.info("wake word %r: listening for a request", phrase)
+                self._listen_for_request()
             case SpeechStarted() if self.state in (State.IDLE, State.LISTENING):
                 self._set_state(State.LISTENING)
                 self._is_speech_since_press = True
@@ -278,10 +282,13 @@ class Robot:
             case TranscriptFinal(text=text) if self.state in (State.IDLE, State.LISTENING):
                 print(f"heard: {text!r}", file=self._diag, flush=True)
                 log.info("transcript ready %.2f s after the end of speech", time.monotonic() - event.end_of_speech_at)
+                pressed, self._is_pressed_request = self._is_pressed_request, False
                 command = self.commands.match(text) if self.commands else None
-                if command is not None:
+                if self._is_unbidden(text, pressed):
+                    self._set_state(State.IDLE)
+                elif command is not None:
                     await self._obey(command, text)
-                elif _has_words(text) and not self._is_ambient(text):
+                elif _has_words(text) and not self._is_ambient(text, pressed):
                     self.end_of_speech_at = event.end_of_speech_at
                     self._start_story(text, Source.VOICE, event.end_of_speech_at)
                 else:
@@ -371,12 +378,27 @@ class Robot:
                 if self.state is State.LISTENING:
                     self._set_state(State.IDLE)
 
-    def _is_ambient(self, text: str) -> bool:
+    def _listen_for_request(self) -> None:
+        """A press, or the wake word: the chime, then the next utterance is the request (a bare subject counts)."""
+        self._press_number += 1
+        self._is_pressed_request = True
+        self._set_state(State.LISTENING)
+        self._is_speech_since_press = self._is_long_press_pending = False
+        self.on_listen_requested()
+
+    def _is_unbidden(self, text: str, pressed: bool) -> bool:
+        """In run mode with a wake word (asr.wake_word), anything heard without it or the button: ignored, and said
+        at debug level, commands too (a radio saying "louder")."""
+        if self.mode is not Mode.DAEMON or pressed or not self.config.asr.wake_word or not text:
+            return False
+        log.debug("heard %r without the wake word or the button: ignored", text)
+        return True
+
+    def _is_ambient(self, text: str, pressed: bool) -> bool:
         """In run mode, talk heard without the button that does not ask for a story (robot/controls/requests.py):
         ignored, and said at debug level."""
         from robot.controls.requests import asks_for_a_story
 
-        pressed, self._is_pressed_request = self._is_pressed_request, False
         if self.mode is not Mode.DAEMON or pressed or asks_for_a_story(text, self.config.story.language):
             return False
         log.debug("heard %r without the button: it asks for no story; ignored", text)

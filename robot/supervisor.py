@@ -512,7 +512,23 @@ def _make_listener(config: Config, robot, echo_reference=None):
         is_command_time=lambda: robot.is_command_time,
         is_recognizer_wanted=lambda: robot.is_recognizer_wanted,
         echo_delay_s=lambda: cancellers[0].delay_s if cancellers else 0.0,
+        wake_word=_wake_word(config),
     )
+
+
+def _wake_word(config: Config):
+    """The wake word's detector (asr.wake_word), or None; one that is asked for and cannot be had stops the start:
+    the robot would take no spoken request at all."""
+    if not config.asr.wake_word:
+        return None
+    from audio.wake import WakeWord, WakeWordError
+
+    try:
+        wake_word = WakeWord(config.asr.wake_word)
+    except WakeWordError as e:
+        raise StartupError(EX_UNAVAILABLE, str(e)) from None
+    log.info("wake word %r: in run mode a request needs it or a press", wake_word.phrase)
+    return wake_word
 
 
 class _Earcon:

@@ -53,7 +53,7 @@ if [ ! -x .venv/bin/python ]; then
     python3 -m venv .venv
 fi
 
-extras="systemd,gpio,web"
+extras="systemd,gpio,web,wake"
 [ "$want_llama" = 1 ] && extras="$extras,llama"
 [ "$want_tests" = 1 ] && extras="$extras,test"
 stamp=".venv/.storybot-installed-$extras"

@@ -82,6 +82,10 @@ class Footprints:
     # page loaded, less the same daemon with it off (113.7 - 84.2 MiB; robot/memory/measure.py measure_web):
     # peak RSS, an upper bound of what it adds (not yet re-measured as charged memory like the parts above).
     web_bytes: int = 30_969_856
+    # The wake word (asr.wake_word, audio/wake.py): a fresh Python with numpy and sounddevice imported, then
+    # pymicro-wakeword 2.5.0 loading the alexa model and hearing 5 s of audio: 11.3-11.5 MiB more resident (2.8 MiB of
+    # it anonymous, the rest the TFLite library's pages), in two runs on the dev host (2026-12-03).
+    wake_word_bytes: int = 12_034_048
     # Each engine back end's own figures, measured the same way, are declared by it (engines/backends/):
     # the engine's heap beyond its weights and KV cache.
     llama2c_overhead_bytes: int = _ENGINE_FIGURES["llama2c_overhead_bytes"]
@@ -917,7 +921,7 @@ def settings_from_config(config) -> PlanSettings:
         tts_bytes=fp.tts_bytes(config.tts.backend, config.tts.voice),
         reserve_bytes=config.memory.reserve_mb * MiB,
         daemon_bytes=fp.daemon_bytes + (fp.web_bytes if config.web.enabled else 0),
-        microphone_bytes=fp.microphone_bytes,
+        microphone_bytes=fp.microphone_bytes + (fp.wake_word_bytes if config.asr.wake_word else 0),
         playback_bytes=fp.aplay_bytes,
         footprints=fp,
         wants_voice=config.asr.backend != "none",

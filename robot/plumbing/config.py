@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from audio.wake import MODELS as WAKE_WORDS
 from engines import registry
 from robot.plumbing.exits import Exit
 from robot.plumbing.paths import assets_dir
@@ -73,6 +74,9 @@ class AsrConfig:
     # tuned for children's voices (audio/asr.py CHILD_VOICE_LOWERING): the recognizer hears the voice lower and
     # slower; better for children, worse for grown-ups (scripts/bench_requests.py)
     child_voice: bool = _opt(False)
+    # a wake word (audio/wake.py; the wake extra): in `storybot run` a request is taken only after it or a press,
+    # and said while the robot speaks it stops the story; "" for none
+    wake_word: str = _opt("", choices=("", *WAKE_WORDS))
 
 
 @dataclass(frozen=True)
