@@ -35,7 +35,10 @@ class WakeWordError(RuntimeError):
 class WakeWord:
     """Feed it the microphone's 16 kHz int16 frames with hear(); it answers True once per saying of the word."""
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, cutoff: float | None = None, speaking_cutoff: float | None = None) -> None:
+        """cutoff: the averaged probability the word must pass (None: the model's own, e.g. 0.85 for okay_nabu);
+        speaking_cutoff: the same while the robot speaks (None: cutoff), where what is heard is the echo
+        canceller's output and the robot's voice left in it lowers the word's probability."""
         if name not in MODELS:
             raise WakeWordError(f"unknown wake word {name!r} (known: {', '.join(MODELS)})")
         try:
@@ -49,6 +52,10 @@ class WakeWord:
             self._model = MicroWakeWord.from_builtin(Model(name))
         except (OSError, ValueError) as e:  # its TFLite library or model file cannot be loaded on this machine
             raise WakeWordError(f"wake word {name!r}: its model does not load here ({e})") from None
+        if cutoff is not None:
+            self._model.probability_cutoff = cutoff
+        self.cutoff = self._model.probability_cutoff
+        self.speaking_cutoff = self.cutoff if speaking_cutoff is None else speaking_cutoff
         self._features = MicroWakeWordFeatures()
         self.name = name
         self.phrase = MODELS[name]
@@ -57,9 +64,11 @@ class WakeWord:
         self.cpu_s = 0.0
         self.heard_s = 0.0
 
-    def hear(self, samples: np.ndarray) -> bool:
-        """True when the word ends within samples (and was not heard within REFRACTORY_S before)."""
+    def hear(self, samples: np.ndarray, is_speaking: bool = False) -> bool:
+        """True when the word ends within samples (and was not heard within REFRACTORY_S before); is_speaking: the
+        robot is speaking (speaking_cutoff)."""
         began = time.thread_time()
+        self._model.probability_cutoff = self.speaking_cutoff if is_speaking else self.cutoff
         is_heard = False
         for features in self._features.process_streaming(samples.astype("<i2", copy=False).tobytes()):
             if self._model.process_streaming(features) and self._quiet_samples <= 0:

@@ -184,9 +184,10 @@ class Listener:
         that carried it, if any, is dropped (the word is no request, and a request said with it would be cut)."""
         wake_word = self._wake_word
         assert wake_word is not None
-        if time.monotonic() < self._muted_until or not (self._is_open() or self._is_command_time()):
+        is_open = self._is_open()
+        if time.monotonic() < self._muted_until or not (is_open or self._is_command_time()):
             return False
-        if not wake_word.hear(block.reshape(-1)):
+        if not wake_word.hear(block.reshape(-1), is_speaking=not is_open):
             return False
         log.info("wake word %r heard", wake_word.phrase)
         if self._utterance is not None and self._recognizer is not None:

@@ -421,6 +421,10 @@ class Robot:
         return StoryPlan(prompt, saved.seed, self.config.engine.max_tokens, told=told, bridge="")
 
     def _set_state(self, state: State) -> None:
+        if state is not State.LISTENING:
+            # a press (or the wake word) opens the next request only: a long press that continued the story without a
+            # word left it set, and talk heard long after (the robot's own last words) was taken for a pressed request
+            self._is_pressed_request = False
         if state is not self.state:
             log.info("state %s -> %s", self.state.value, state.value)
             self.state = state

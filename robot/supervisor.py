@@ -524,10 +524,15 @@ def _wake_word(config: Config):
     from audio.wake import WakeWord, WakeWordError
 
     try:
-        wake_word = WakeWord(config.asr.wake_word)
+        wake_word = WakeWord(config.asr.wake_word, config.asr.wake_word_cutoff, config.asr.wake_word_speaking_cutoff)
     except WakeWordError as e:
         raise StartupError(EX_UNAVAILABLE, str(e)) from None
-    log.info("wake word %r: in run mode a request needs it or a press", wake_word.phrase)
+    log.info(
+        "wake word %r (cutoff %g, %g while speaking): in run mode a request needs it or a press",
+        wake_word.phrase,
+        wake_word.cutoff,
+        wake_word.speaking_cutoff,
+    )
     return wake_word
 
 

@@ -62,12 +62,13 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sayings", type=int, default=10, help="how often the word is said in each voice")
     parser.add_argument("--models", default=",".join(MODELS), help="comma-separated (default: all)")
+    parser.add_argument("--cutoff", type=float, default=None, help="the detection threshold (default: each model's)")
     args = parser.parse_args()
     has_flite = shutil.which("flite") is not None
     with tempfile.TemporaryDirectory() as name:
         directory = Path(name)
         for model in args.models.split(","):
-            detector = WakeWord(model)
+            detector = WakeWord(model, args.cutoff)
             rng = np.random.default_rng(0)
             row = []
             voices = [(v.name, lambda t, v=v: np.frombuffer(spoken.spoken(t, v, directory), np.int16))
@@ -84,7 +85,7 @@ def main() -> int:
                 times_heard(detector, in_noise(np.frombuffer(spoken.spoken(t, v, directory), np.int16), rng)) > 0
                 for t, v in sentences
             )
-            print(f"{model} ({MODELS[model]!r}): heard " + ", ".join(row))
+            print(f"{model} ({MODELS[model]!r}, cutoff {detector.cutoff:g}): heard " + ", ".join(row))
             print(
                 f"  woken by {false} of {len(sentences)} other sentences; "
                 f"CPU {100 * detector.cpu_s / detector.heard_s:.2f}% of one core",

@@ -13,6 +13,7 @@ import contextlib
 import os
 import subprocess
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,7 +21,7 @@ import numpy as np
 
 from tests.buttonboard import ButtonBoard
 from tests.soundroom import Daemon, Recorder, SoundRoom, speech_frames
-from tests.voices import MILD_CHILD_VOICES, say
+from tests.voices import MILD_CHILD_VOICES, Voice, say
 
 LOOPBACK_MS = 30
 STOP_AFTER_S = 2.5  # the word comes this long after the story is first heard: while the canceller still learns
@@ -58,14 +59,25 @@ class Trial:
     latency_s: float | None  # the word's end to the speaker's silence; None: the story went on past WATCH_S
 
 
-def stop_words(directory: Path) -> list[tuple[str, Path]]:
-    return [(v.name, say("stop", v, directory / f"stop-{v.name}.wav")) for v in MILD_CHILD_VOICES]
+def stop_words(
+    directory: Path, text: str = "stop", voices: Sequence[Voice] = MILD_CHILD_VOICES
+) -> list[tuple[str, Path]]:
+    """text said in each of voices, as (voice name, WAV file)."""
+    return [(v.name, say(text, v, directory / f"{text.replace(' ', '_')}-{v.name}.wav")) for v in voices]
 
 
-def run_trials(room: SoundRoom, state_dir: Path, count: int, echo_cancel: str, *extra: str) -> tuple[list[Trial], str]:
-    """count trials with one daemon (audio.echo_cancel = echo_cancel); the trials and the daemon's log."""
+def run_trials(
+    room: SoundRoom,
+    state_dir: Path,
+    count: int,
+    echo_cancel: str,
+    *extra: str,
+    words: list[tuple[str, Path]] | None = None,
+) -> tuple[list[Trial], str]:
+    """count trials with one daemon (audio.echo_cancel = echo_cancel), each saying the next of words (default: a
+    child-like "stop", stop_words()); the trials and the daemon's log."""
     board = ButtonBoard()
-    words = stop_words(state_dir.parent)
+    words = words or stop_words(state_dir.parent)
     recorder = Recorder()
     robot = Daemon(
         room,

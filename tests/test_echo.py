@@ -103,6 +103,10 @@ def test_the_delay_is_measured_from_the_signals(story_speech):
     assert echo.estimate_delay(heard.astype(np.int16), mic_end, reference) == pytest.approx(lag, abs=16)
     # silence explains nothing
     assert echo.estimate_delay(np.zeros(8000, dtype=np.int16), start + 200000, reference) is None
+    # an echo at the very end of the lags searched cannot be told from the window's truncation: not trusted
+    edge = echo.LAG_MAX_MS * 16
+    heard = np.concatenate([np.zeros(edge), story_speech.astype(float) * 0.4])[:30000][-8000:]
+    assert echo.estimate_delay(heard.astype(np.int16), mic_end, reference) is None
 
 
 def test_the_reference_is_silence_where_nothing_was_played():

@@ -77,6 +77,10 @@ class AsrConfig:
     # a wake word (audio/wake.py; the wake extra): in `storybot run` a request is taken only after it or a press,
     # and said while the robot speaks it stops the story; "" for none
     wake_word: str = _opt("", choices=("", *WAKE_WORDS))
+    # the wake word's detection threshold: lower hears more voices (children's, one said over the story) and wakes
+    # more often by mistake (scripts/bench_wake_word.py --cutoff)
+    wake_word_cutoff: float = _opt(0.5, low=0.05, high=0.99)
+    wake_word_speaking_cutoff: float = _opt(0.3, low=0.05, high=0.99)  # ... while the robot speaks
 
 
 @dataclass(frozen=True)
