@@ -231,9 +231,7 @@ def test_in_run_mode_with_a_wake_word_talk_starts_nothing_and_the_word_then_a_re
     sound_room, wake_word, voices_dir, tmp_path
 ):
     """Through the sound room: radio talk, a request in words and a command without the wake word start nothing;
-    the wake word, the chime, then a bare subject is told. The word is said in the adult voice: through the daemon
-    the child-like child-c was missed in 3 runs of 3 here (and heard in 3 of 3 by a daemon started by hand), where
-    offline it is heard 10 times of 10 at random offsets and levels (scripts/bench_wake_word.py)."""
+    the wake word in a child-like voice, the chime, then a bare subject is told."""
     pieces = [" He lived in a warm cave.", " The end."]
     robot = Daemon(
         sound_room,
@@ -259,7 +257,7 @@ def test_in_run_mode_with_a_wake_word_talk_starts_nothing_and_the_word_then_a_re
         assert not any("story requested" in line or "command:" in line for line in robot.stderr), "".join(robot.stderr)[
             -3000:
         ]
-        sound_room.play_into_room(say(WORD, ADULT_VOICE, tmp_path / "wake.wav"))
+        sound_room.play_into_room(say(WORD, CHILD_VOICES[2], tmp_path / "wake.wav"))
         robot.wait_until(lambda: any("listening for a request" in line for line in robot.stderr), 10, "the wake word")
         time.sleep(1.5)  # the chime, then the child asks
         subject = write_wav(tmp_path / "subject.wav", said("a cat who likes milk", ADULT_VOICE, voices_dir), RATE_HZ)
