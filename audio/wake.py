@@ -5,7 +5,7 @@ request only after the wake word (or a press): radio talk and grown-ups talking 
 The wake word is a spoken press: idle, the robot chimes and listens for the request; thinking or speaking, it stops
 the story.
 
-The models were trained on many synthetic voices; tests/test_wake_word.py measures which of our espeak-ng voices
+The models were trained on many synthetic voices; scripts/bench_wake_word.py measures which of our synthetic voices
 they hear. The wheels exist for x86-64, aarch64 and armv7l (not riscv64): elsewhere asr.wake_word is refused at
 start-up with that reason.
 """
