@@ -39,8 +39,11 @@ LOUD_DBFS = -55.0  # a reference block above this is sound the microphone may he
 # delay estimation
 ESTIMATE_EVERY_S = 0.25
 ESTIMATE_WINDOW_S = 0.5
-LAG_MIN_MS = -100  # a timestamp error may make the echo seem to come before its reference
-LAG_MAX_MS = 600
+# The lags searched. Through PulseAudio the stream timestamps can be off by more than the echo's own delay: in the
+# leaky sound room the echo was found at -95 ms and beyond 600 ms in some daemon runs (the loopback itself: 21 ms),
+# and with the search cut at -100..600 ms the filter never found it (echo reduced by 1.9-2.5 dB where 14 dB is usual).
+LAG_MIN_MS = -500  # a timestamp error may make the echo seem to come before its reference
+LAG_MAX_MS = 2000
 # A frame the canceller took this much out of is the robot's own voice, whatever is left of it (the adaptive
 # filter leaves a residual that a voice detector takes for speech): it is attenuated by GATE_ATTENUATION_DB more.
 # A child speaking over the robot is left as it is: the canceller takes only the echo out of such a frame.
@@ -50,7 +53,7 @@ PEAK_RATIO = 6.0  # a correlation peak this many times above the correlation's t
 # A peak this close to either end of the lags searched is not trusted. In a sound-room run the estimate swung between
 # the two ends (600 ms and -100 ms, 26 changes in 64 s of speech), each move restarting the filter, and the echo was
 # reduced by 1.7 dB where 15 dB is usual; CI's leaky room once settled on 600 ms the same way.
-EDGE_SAMPLES = RATE_HZ // 1000  # 1 ms
+EDGE_SAMPLES = 5 * RATE_HZ // 1000  # 5 ms
 # Where a stream's blocks lie on the timeline: counted sample by sample. Callback timestamps through ALSA's pulse
 # plugin jitter by up to 20 ms, and even their median over 40 blocks wandered by 3-30 ms while the echo itself stayed
 # within 0.3 ms of its place (measured in the leaky sound room); following them moved the reference against its
