@@ -12,14 +12,11 @@ start-up with that reason.
 
 from __future__ import annotations
 
-import logging
 import time
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     import numpy as np
-
-log = logging.getLogger(__name__)
 
 MODELS = {"alexa": "Alexa", "hey_jarvis": "Hey Jarvis", "hey_mycroft": "Hey Mycroft", "okay_nabu": "Okay Nabu"}
 RATE_HZ = 16000
@@ -74,7 +71,7 @@ class WakeWord:
             if self._model.process_streaming(features) and self._quiet_samples <= 0:
                 is_heard = True
                 self._quiet_samples = int(REFRACTORY_S * RATE_HZ)
-        self._quiet_samples -= len(samples)
+        self._quiet_samples = max(0, self._quiet_samples - len(samples))
         self.cpu_s += time.thread_time() - began
         self.heard_s += len(samples) / RATE_HZ
         return is_heard
