@@ -18,7 +18,11 @@ started by a long press on a serial button board, a child-like "stop" 2.5 s afte
 the canceller on, then off, and prints how many stopped the story and the latency from the word's end (its last
 loud 10 ms) to the robot going idle with its speaker silent from then on (median, worst).
 
-Usage: .venv/bin/python scripts/bench_echo.py [--runs 3] [--trials 10]
+--set KEY=VALUE gives the trials' daemon a configuration key (e.g. --set asr.stop_word=true, the experimental
+stop-word classifier); --all-child-voices says the trials' "stop" in all six child-like voices of tests/voices.py
+(default: the three mild ones).
+
+Usage: .venv/bin/python scripts/bench_echo.py [--runs 3] [--trials 10] [--set KEY=VALUE] [--all-child-voices]
 """
 
 from __future__ import annotations
@@ -135,6 +139,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--trials", type=int, default=0, help="spoken-stop trials in the daemon (0: none)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="for the trials' daemon")
+    parser.add_argument("--all-child-voices", action="store_true", help="the trials in all six child-like voices")
     args = parser.parse_args()
     room = SoundRoom.start()
     loopback = subprocess.run(
@@ -168,23 +174,28 @@ def main() -> int:
                 )
     finally:
         subprocess.run(["pactl", "unload-module", loopback], timeout=10)
-    print(
-        f"\nmedian of {args.runs}: echo reduction {statistics.median(reductions):.1f} dB, "
-        f"ERLE {statistics.median(erles):.1f} dB (learnt {statistics.median(learnt):.1f} dB), "
-        f"CPU {100 * statistics.median(cpus):.1f}% of a core per second "
-        f"of audio; 'stop' heard {heard_on}/{args.runs} with the canceller, {heard_off}/{args.runs} without"
-    )
-    if args.trials:
-        spoken_stop_trials(room, args.trials, "on")
-        spoken_stop_trials(room, args.trials, "off")
+    if args.runs:
+        print(
+            f"\nmedian of {args.runs}: echo reduction {statistics.median(reductions):.1f} dB, "
+            f"ERLE {statistics.median(erles):.1f} dB (learnt {statistics.median(learnt):.1f} dB), "
+            f"CPU {100 * statistics.median(cpus):.1f}% of a core per second "
+            f"of audio; 'stop' heard {heard_on}/{args.runs} with the canceller, {heard_off}/{args.runs} without"
+        )
+    for echo_cancel in ("on", "off") if args.trials else ():
+        spoken_stop_trials(room, args.trials, echo_cancel, args.set, args.all_child_voices)
     return 0
 
 
-def spoken_stop_trials(room: SoundRoom, count: int, echo_cancel: str) -> None:
-    from tests.bargein import leaky_loopback, run_trials
+def spoken_stop_trials(room: SoundRoom, count: int, echo_cancel: str, settings: list[str], all_voices: bool) -> None:
+    from tests.bargein import leaky_loopback, run_trials, stop_words
+    from tests.voices import CHILD_VOICES, MILD_CHILD_VOICES
 
+    extra = [f"{key}={value if value in ('true', 'false') or value.replace('.', '').isdigit() else repr(value)}"
+             for key, _, value in (s.partition("=") for s in settings)]  # fmt: skip
     with tempfile.TemporaryDirectory() as name, leaky_loopback():
-        trials, _ = run_trials(room, Path(name) / "state", count, echo_cancel)
+        voices = (*MILD_CHILD_VOICES, *CHILD_VOICES) if all_voices else MILD_CHILD_VOICES
+        words = stop_words(Path(name), "stop", voices)
+        trials, _ = run_trials(room, Path(name) / "state", count, echo_cancel, *extra, words=words)
     latencies = [t.latency_s for t in trials if t.latency_s is not None]
     for i, t in enumerate(trials):
         print(f"trial {i + 1} ({t.voice}): " + ("not heard" if t.latency_s is None else f"{t.latency_s:.2f} s"))
