@@ -19,12 +19,13 @@ import concurrent.futures
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from audio.asr import AsrError, Recognizer
 from audio.capture import Microphone, MicStalled
 from audio.devices import DeviceError
 from audio.speech import frame_levels_dbfs
+from audio.stop_word import StopWord
 from audio.vad import EnergyVad, VadEvent, VadSettings
 from audio.wake import WakeWord
 from robot.events import (
@@ -73,12 +74,14 @@ class Listener:
         is_recognizer_wanted: Callable[[], bool] = lambda: True,
         echo_delay_s: Callable[[], float] = lambda: 0.0,
         wake_word: WakeWord | None = None,
+        stop_word: StopWord | None = None,
     ) -> None:
         """is_open: requests may be heard; is_command_time: (gate closed) voice commands may be heard;
         is_recognizer_wanted: False while its memory is needed elsewhere (the model is then released, and loaded
         again when it is wanted); echo_delay_s: the robot's voice's delay into the microphone as measured now (0:
         not measured), added to VOICE_TAIL_S when the gate opens again. wake_word: listened for in every frame
-        while requests or commands may be heard (WakeWordHeard); what was being said with it counts for nothing."""
+        while requests or commands may be heard (WakeWordHeard); what was being said with it counts for nothing.
+        stop_word: asked of a command-mode utterance the recognizer makes no command word of; "stop" if it says so."""
         self._post = post
         self._make_microphone = make_microphone
         self._make_recognizer = make_recognizer
@@ -95,6 +98,7 @@ class Listener:
         self._muted_until = 0.0
         self._echo_delay_s = echo_delay_s
         self._wake_word = wake_word
+        self._stop_word = stop_word
         self._was_closed = False  # the gate, at the last block
         self._command_since: float | None = None  # when the robot began thinking or speaking (commands only)
         # the recognizer is fed in order on one thread, off the event loop
@@ -258,6 +262,8 @@ class Listener:
                 self._post(SpeechStarted(at=time.monotonic()))
         if utterance is not None and result.frames and not _is_past_command_length(utterance):
             pcm = b"".join(f.tobytes() for f in result.frames)
+            if utterance.is_command and self._stop_word is not None:
+                utterance.pcm.append(pcm)  # at most MAX_COMMAND_S of it
             partial, is_complete = await loop.run_in_executor(self._asr_thread, _accept, recognizer, pcm)
             if partial is not None:
                 utterance.is_complete = is_complete
@@ -282,6 +288,8 @@ class Listener:
             silence_s = COMMAND_END_SILENCE_S if is_command_over else self._end_silence_s
             end_at = time.monotonic() - (0.0 if result.is_cut_off else silence_s)
             text = await loop.run_in_executor(self._asr_thread, recognizer.finish)
+            if utterance.is_command and not utterance.is_held_off and not _has_words(text):
+                text = await loop.run_in_executor(self._asr_thread, self._stop_word_in, utterance, text)
             if not utterance.is_command:
                 self._post(TranscriptFinal(text=text, end_of_speech_at=end_at))
             elif utterance.is_held_off:
@@ -291,6 +299,20 @@ class Listener:
             else:
                 log.debug("%.1f s of speech while speaking (%r): not a command", end_at - utterance.started_at, text)
             self._utterance = None
+
+    def _stop_word_in(self, utterance: _Utterance, text: str) -> str:
+        """ "stop" when the stop-word classifier hears it in an utterance the command grammar made nothing of
+        (text), else text (on the recognizer's thread: a few milliseconds of NumPy)."""
+        if self._stop_word is None or not utterance.pcm:
+            return text
+        import numpy as np
+
+        probability = self._stop_word.probability(np.frombuffer(b"".join(utterance.pcm), dtype=np.int16))
+        if probability < self._stop_word.cutoff:
+            log.debug("%r: not the stop word either (%.2f)", text, probability)
+            return text
+        log.info("stop word heard (%.2f; the recognizer heard %r)", probability, text)
+        return "stop"
 
     def _is_command_over(self, utterance: _Utterance, level_dbfs: float) -> bool:
         """COMMAND_END_SILENCE_S of silence after a command-mode utterance's speech."""
@@ -314,6 +336,11 @@ def _accept(recognizer: Recognizer, pcm: bytes) -> tuple[str | None, bool]:
     return partial, partial is not None and recognizer.is_complete(partial)
 
 
+def _has_words(text: str) -> bool:
+    """The command grammar heard a word of its phrases (anything else it reports as [unk])."""
+    return any(word != "[unk]" for word in text.split())
+
+
 def _is_past_command_length(utterance: _Utterance) -> bool:
     """A command-mode utterance longer than MAX_COMMAND_S is no command: the rest of it is not decoded (the
     decoder holds the GIL, and decoding the robot's own voice made the speaker's callback late)."""
@@ -328,3 +355,4 @@ class _Utterance:
     is_held_off: bool = False  # began within COMMAND_HOLD_OFF_S of the story's start
     was_complete_at_silence: bool = False  # ... when the voice stopped (the first silent frame)
     is_complete: bool = False  # the partial transcript is a whole request
+    pcm: list[bytes] = field(default_factory=list)  # a command's audio, for the stop-word classifier

@@ -513,7 +513,25 @@ def _make_listener(config: Config, robot, echo_reference=None):
         is_recognizer_wanted=lambda: robot.is_recognizer_wanted,
         echo_delay_s=lambda: cancellers[0].delay_s if cancellers else 0.0,
         wake_word=_wake_word(config),
+        stop_word=_stop_word(config),
     )
+
+
+def _stop_word(config: Config):
+    """The stop-word classifier (asr.stop_word), or None: off, not English, no voice commands, or its file unusable
+    (then the robot runs on without it, as PocketSphinx decodes the commands, and says why)."""
+    if not (config.asr.stop_word and config.asr.voice_commands and config.story.language == "en"):
+        return None
+    from audio.stop_word import MODEL_NAME, StopWord, StopWordError
+    from robot.plumbing import paths
+
+    try:
+        stop_word = StopWord.load(paths.assets_dir() / "asr" / MODEL_NAME, config.asr.stop_word_cutoff or None)
+    except StopWordError as e:
+        log.warning("stop word: %s; voice commands are heard without it", e)
+        return None
+    log.info("stop word classifier on while speaking (cutoff %.2f)", stop_word.cutoff)
+    return stop_word
 
 
 def _wake_word(config: Config):

@@ -86,6 +86,10 @@ class Footprints:
     # pymicro-wakeword 2.5.0 loading the alexa model and hearing 5 s of audio: 11.3-11.5 MiB more resident (2.8 MiB of
     # it anonymous, the rest the TFLite library's pages), in two runs on the dev host (2026-12-03).
     wake_word_bytes: int = 12_034_048
+    # The stop-word classifier (asr.stop_word, audio/stop_word.py): a fresh Python with numpy imported and its FFT
+    # used once, then the classifier loaded and run on five 3 s utterances: 2.49 MiB more resident (1.68 MiB of it
+    # anonymous), the same in two runs on the dev host (2026-12-03).
+    stop_word_bytes: int = 2_611_000
     # Each engine back end's own figures, measured the same way, are declared by it (engines/backends/):
     # the engine's heap beyond its weights and KV cache.
     llama2c_overhead_bytes: int = _ENGINE_FIGURES["llama2c_overhead_bytes"]
@@ -921,7 +925,9 @@ def settings_from_config(config) -> PlanSettings:
         tts_bytes=fp.tts_bytes(config.tts.backend, config.tts.voice),
         reserve_bytes=config.memory.reserve_mb * MiB,
         daemon_bytes=fp.daemon_bytes + (fp.web_bytes if config.web.enabled else 0),
-        microphone_bytes=fp.microphone_bytes + (fp.wake_word_bytes if config.asr.wake_word else 0),
+        microphone_bytes=fp.microphone_bytes
+        + (fp.wake_word_bytes if config.asr.wake_word else 0)
+        + (fp.stop_word_bytes if _is_stop_word_on(config) else 0),
         playback_bytes=fp.aplay_bytes,
         footprints=fp,
         wants_voice=config.asr.backend != "none",
@@ -1039,3 +1045,8 @@ def _plan_without_the_page(machine, shapes, settings, config, refused: PlanRefus
 
 if __name__ == "__main__":  # python -m robot.memory.plan: the plan for every board profile
     print(board_table())
+
+
+def _is_stop_word_on(config) -> bool:
+    """The daemon loads the stop-word classifier (robot/supervisor.py _stop_word)."""
+    return config.asr.stop_word and config.asr.voice_commands and config.story.language == "en"
