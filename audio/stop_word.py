@@ -8,7 +8,7 @@ case: one short utterance, in voices from a child's to an adult's, clean, with a
 recorded through the leaky sound room's canceller (scripts/record_stop_words.py). In the daemon's trials there
 (scripts/bench_echo.py --trials 10 --all-child-voices --set asr.stop_word=true: six child-like voices held out of
 training) a "stop" over a story at full volume stopped it in 9 and 8 of 10 in two runs, about 0.44 s after the word;
-PocketSphinx alone, 0-1 of 10. It is opt-in (asr.stop_word): in 20 stories in the leaky room it once took the
+PocketSphinx alone, 0 of 10. It is opt-in (asr.stop_word): in 20 stories in the leaky room it once took the
 robot's own voice, just after the story's start hold-off, for "stop".
 
 Features: the utterance's log-mel spectrogram (25 ms windows every 10 ms, BANDS bands), trimmed to its loud part,
