@@ -62,6 +62,16 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
     [ "$want_llama" = 1 ] && how=" (llama-cpp-python builds from source once, ~10 min)"
     echo "setup: installing Python packages [$extras]$how" >&2
     .venv/bin/pip install -q --upgrade pip
+    if [ "$want_llama" = 1 ] && [ "$(uname -m)" = x86_64 ] && grep -qw amx_tile /proc/cpuinfo \
+        && [ ! -f .venv/.storybot-llama-without-amx ]; then
+        # llama.cpp built for this CPU (-march=native) uses AMX where the CPU reports it, and on a virtual machine
+        # whose AMX does not work its first Q8_0 matrix product dies (ldtilecfg: general protection fault, seen on
+        # a Xeon VM, 2026-12-03). Built for AVX2 instead, and not from pip's cache of a native build.
+        echo "setup: this CPU reports AMX: llama-cpp-python is built for AVX2 without it" >&2
+        CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON" \
+            .venv/bin/pip install -q --no-cache-dir --force-reinstall --no-deps "llama-cpp-python>=0.3.16"
+        touch .venv/.storybot-llama-without-amx
+    fi
     .venv/bin/pip install -q -e ".[$extras]"
     touch "$stamp"
 fi
