@@ -15,7 +15,8 @@ Features: the utterance's log-mel spectrogram (25 ms windows every 10 ms, BANDS 
 averaged into STEPS equal slices of time and shifted so its loudest value is 0 dB, plus its length; and the 0.6 s
 around its loudest 200 ms, which bursts of the robot's voice around the word do not move. The classifier is
 a one-hidden-layer perceptron. Its weights, input scaling and cutoff come from scripts/train_stop_word.py (trained
-with scikit-learn there; here it is two matrix products in NumPy, a few microseconds per utterance), which says
+with scikit-learn there; here it is two matrix products in NumPy: with the features, 1.2-1.4 ms of CPU per second of
+utterance), which says
 which voices it was trained on and which were held out to measure it.
 
 The mel filter bank is written here rather than taken from a library: the one library that does it well (librosa)
@@ -95,9 +96,9 @@ def _sliced(spectrum: np.ndarray) -> np.ndarray | None:
 
 
 def _around_peak(spectrum: np.ndarray) -> np.ndarray:
-    """PEAK_BEFORE and PEAK_AFTER frames around the middle of the loudest 200 ms (the vowel: the canceller's
-    suppressor takes away much of a child's "s" over a loud story, and leaves bursts of the robot's voice around the
-    word, which move where the loud part seems to begin and end), averaged over 3 frames and 2 bands, its loudest 0
+    """PEAK_BEFORE and PEAK_AFTER frames around the middle of the loudest 200 ms (the vowel: over a loud story the
+    echo canceller's gate lowers a child's quiet "s" with the echo around it, audio/echo.py _gate, and leaves bursts
+    of the robot's voice around the word, which move where the loud part seems to begin and end), averaged over 3 frames and 2 bands, its loudest 0
     dB, floored at -60 dB."""
     energy = np.sum(10.0 ** (spectrum / 10.0), axis=1)
     width = min(PEAK_WIDTH, len(energy))
@@ -139,10 +140,9 @@ class StopWord:
         wanted = {"mean", "scale", "hidden_weights", "hidden_bias", "out_weights", "out_bias", "cutoff", "about"}
         if missing := wanted - parts.keys():
             raise StopWordError(f"{path}: not a stop-word classifier (no {', '.join(sorted(missing))})")
-        size = SIZE
-        if parts["mean"].shape != (size,) or parts["hidden_weights"].shape[0] != size:
+        if parts["mean"].shape != (SIZE,) or parts["hidden_weights"].shape[0] != SIZE:
             raise StopWordError(
-                f"{path}: made for {parts['mean'].shape[0]} features, this code makes {size} "
+                f"{path}: made for {parts['mean'].shape[0]} features, this code makes {SIZE} "
                 "(train it again with scripts/train_stop_word.py)"
             )
         return cls(
@@ -156,7 +156,10 @@ class StopWord:
             about=json.loads(str(parts["about"])),
         )
 
-    def probability(self, samples: np.ndarray) -> float:
+    def probability(self, samples: np.ndarray | bytes) -> float:
+        """samples: 16 kHz int16, as an array or as PCM bytes."""
+        if isinstance(samples, bytes):
+            samples = np.frombuffer(samples, dtype=np.int16)
         x = features(samples)
         return 0.0 if x is None else self.probability_of(x[None, :])[0]
 

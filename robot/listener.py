@@ -20,12 +20,12 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from audio.asr import AsrError, Recognizer
 from audio.capture import Microphone, MicStalled
 from audio.devices import DeviceError
 from audio.speech import frame_levels_dbfs
-from audio.stop_word import StopWord
 from audio.vad import EnergyVad, VadEvent, VadSettings
 from audio.wake import WakeWord
 from robot.events import (
@@ -39,6 +39,9 @@ from robot.events import (
     WakeWordHeard,
 )
 from robot.plumbing.backoff import Backoff
+
+if TYPE_CHECKING:
+    from audio.stop_word import StopWord
 
 log = logging.getLogger(__name__)
 
@@ -305,9 +308,7 @@ class Listener:
         (text), else text (on the recognizer's thread: a few milliseconds of NumPy)."""
         if self._stop_word is None or not utterance.pcm:
             return text
-        import numpy as np
-
-        probability = self._stop_word.probability(np.frombuffer(b"".join(utterance.pcm), dtype=np.int16))
+        probability = self._stop_word.probability(b"".join(utterance.pcm))
         if probability < self._stop_word.cutoff:
             log.debug("%r: not the stop word either (%.2f)", text, probability)
             return text

@@ -520,7 +520,9 @@ def _make_listener(config: Config, robot, echo_reference=None):
 def _stop_word(config: Config):
     """The stop-word classifier (asr.stop_word), or None: off, not English, no voice commands, or its file unusable
     (then the robot runs on without it, as PocketSphinx decodes the commands, and says why)."""
-    if not (config.asr.stop_word and config.asr.voice_commands and config.story.language == "en"):
+    from robot.memory.plan import is_stop_word_on
+
+    if not is_stop_word_on(config):
         return None
     from audio.stop_word import MODEL_NAME, StopWord, StopWordError
     from robot.plumbing import paths

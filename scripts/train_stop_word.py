@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
-import hashlib
 import subprocess
 import sys
 import tempfile
@@ -47,6 +46,7 @@ sys.path.insert(0, str(ROOT))
 import numpy as np  # noqa: E402
 
 from audio.stop_word import DEFAULT_MODEL, StopWord, features  # noqa: E402
+from tests.spoken_requests import spoken  # noqa: E402
 from tests.voices import ADULT_VOICE, CHILD_VOICES, MILD_CHILD_VOICES, Voice  # noqa: E402
 
 RATE_HZ = 16000
@@ -152,22 +152,8 @@ def random_voices(count: int, rng: np.random.Generator) -> list[Voice]:
 
 
 def render(text: str, voice: Voice, cache: Path) -> np.ndarray:
-    """text in voice, 16 kHz int16, made once into cache (espeak-ng, then sox's pitch shift)."""
-    digest = hashlib.sha256(
-        repr((text, voice.espeak_voice, voice.pitch, voice.words_per_minute, voice.shift_cents)).encode()
-    )
-    out = cache / f"{digest.hexdigest()[:20]}.wav"
-    if not out.exists():
-        raw = out.with_suffix(".espeak.wav")
-        espeak = ["espeak-ng", "-v", voice.espeak_voice, "-p", str(voice.pitch), "-s", str(voice.words_per_minute)]
-        subprocess.run([*espeak, "-w", str(raw), text], check=True, capture_output=True)
-        effects = ["pitch", str(voice.shift_cents)] if voice.shift_cents else []
-        part = out.with_suffix(".part.wav")
-        subprocess.run(["sox", "-R", str(raw), "-r", str(RATE_HZ), "-c", "1", "-b", "16", str(part), *effects, "rate", str(RATE_HZ)],
-                       check=True, capture_output=True)  # fmt: skip
-        raw.unlink()
-        part.rename(out)
-    return read(out)
+    """text in voice, 16 kHz int16 (tests/voices.py's espeak-ng and sox), made once into cache."""
+    return np.frombuffer(spoken(text, voice, cache), dtype=np.int16)
 
 
 def read(path: Path) -> np.ndarray:

@@ -100,3 +100,12 @@ def sound_room() -> SoundRoom:
         return SoundRoom.start()
     except SoundRoomError as e:
         need(False, str(e))
+
+
+@pytest.fixture(scope="session")
+def voices_dir(tmp_path_factory) -> Path:
+    """Where sayings in tests/voices.py's voices are made once (tests/spoken_requests.py samples)."""
+    from tests.voices import missing_tools
+
+    need(missing_tools() is None, str(missing_tools()))
+    return tmp_path_factory.mktemp("voices")

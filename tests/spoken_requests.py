@@ -167,3 +167,10 @@ def report(trials: list[Trial]) -> str:
 
 
 RecognizerFactory = Callable[[], Recognizer]
+
+
+def samples(text: str, voice: Voice, directory: Path):
+    """text in voice as 16 kHz int16 samples (a NumPy array), made once into directory."""
+    import numpy as np
+
+    return np.frombuffer(spoken(text, voice, directory), dtype=np.int16)

@@ -4,7 +4,6 @@ here (tests/voices.py) were held out of its training (scripts/train_stop_word.py
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,29 +18,17 @@ from robot.plumbing.paths import assets_dir
 from robot.supervisor import _stop_word
 from tests import spoken_requests as spoken
 from tests.test_answering_sooner import SETTINGS, RecordedMicrophone, listen_through, recording
-from tests.voices import ADULT_VOICE, MILD_CHILD_VOICES, missing_tools
+from tests.voices import ADULT_VOICE, MILD_CHILD_VOICES
 
 OTHER_COMMANDS = ("louder", "another story", "what did you say", "again", "softer")
-
-
-@pytest.fixture(scope="module")
-def voices_dir(tmp_path_factory) -> Path:
-    from tests.conftest import need
-
-    need(missing_tools() is None, str(missing_tools()))
-    return tmp_path_factory.mktemp("voices")
-
-
-def said(text: str, voice, directory: Path) -> np.ndarray:
-    return np.frombuffer(spoken.spoken(text, voice, directory), dtype=np.int16)
 
 
 def test_the_shipped_classifier_hears_stop_and_not_the_other_commands(voices_dir):
     model = StopWord.load()
     rng = np.random.default_rng(4)
     for voice in (ADULT_VOICE, *MILD_CHILD_VOICES):
-        assert model.is_stop(recording(rng, said("stop", voice, voices_dir), 0.3)), voice.describe()
-        taken = [t for t in OTHER_COMMANDS if model.is_stop(recording(rng, said(t, voice, voices_dir), 0.3))]
+        assert model.is_stop(recording(rng, spoken.samples("stop", voice, voices_dir), 0.3)), voice.describe()
+        taken = [t for t in OTHER_COMMANDS if model.is_stop(recording(rng, spoken.samples(t, voice, voices_dir), 0.3))]
         assert taken == [], f"{voice.describe()}: {taken} taken for stop"
     assert model.about["held_out"].keys() >= {"adult", "child-mild-a", "child-a"}  # the training said what it kept out
 
@@ -71,11 +58,11 @@ def _commands_heard(samples: np.ndarray, stop_word: StopWord | None, monkeypatch
 def test_a_stop_the_command_grammar_misses_is_heard_by_the_classifier(voice, voices_dir, monkeypatch):
     """A child-like "stop" that a cold PocketSphinx command grammar makes only [unk]s of becomes the command "stop"
     with the classifier; "what did you say", which the grammar decodes, stays what it is."""
-    stop = recording(np.random.default_rng(1), said("stop", voice, voices_dir), 1.0)
+    stop = recording(np.random.default_rng(1), spoken.samples("stop", voice, voices_dir), 1.0)
     without = _commands_heard(stop, None, monkeypatch)
     assert without and all(set(t.split()) == {"[unk]"} for t in without), without  # the grammar's miss
     assert _commands_heard(stop, StopWord.load(), monkeypatch) == ["stop"]
-    repeat = recording(np.random.default_rng(2), said("what did you say", voice, voices_dir), 1.0)
+    repeat = recording(np.random.default_rng(2), spoken.samples("what did you say", voice, voices_dir), 1.0)
     assert _commands_heard(repeat, StopWord.load(), monkeypatch) == ["what did you say"]
 
 

@@ -47,7 +47,7 @@ from tests.harness import RecordingTts
 from tests.soundroom import Daemon, warm_state_dir
 from tests.test_answering_sooner import SETTINGS, RecordedMicrophone, listen_through, room_noise, trimmed
 from tests.test_commands import ScriptedHost, SlowSink, _until
-from tests.voices import ADULT_VOICE, CHILD_VOICES, MILD_CHILD_VOICES, missing_tools, say
+from tests.voices import ADULT_VOICE, CHILD_VOICES, MILD_CHILD_VOICES, say
 
 SCRIPTED_ENGINE = str(Path(__file__).with_name("scripted_engine.py"))
 HEARD_VOICES = (ADULT_VOICE, MILD_CHILD_VOICES[0], MILD_CHILD_VOICES[2], CHILD_VOICES[0], CHILD_VOICES[2])
@@ -62,16 +62,6 @@ def wake_word():
 
     cutoff = load_config(None, [], use_system=False).asr.wake_word_cutoff  # the default, as the daemon runs it
     return lambda: WakeWord("okay_nabu", cutoff)
-
-
-@pytest.fixture(scope="module")
-def voices_dir(tmp_path_factory) -> Path:
-    need(missing_tools() is None, str(missing_tools()))
-    return tmp_path_factory.mktemp("voices")
-
-
-def said(text: str, voice, directory: Path) -> np.ndarray:
-    return np.frombuffer(spoken.spoken(text, voice, directory), dtype=np.int16)
 
 
 def in_a_room(*parts, seed: int = 0) -> np.ndarray:
@@ -92,7 +82,7 @@ def times_heard(wake_word, samples: np.ndarray) -> list[float]:
 def test_the_wake_word_is_heard_once_per_saying_in_the_voices_it_knows(wake_word, voices_dir):
     detector = wake_word()
     for voice in HEARD_VOICES:
-        samples = in_a_room(said(WORD, voice, voices_dir), said(WORD, voice, voices_dir), seed=1)
+        samples = in_a_room(spoken.samples(WORD, voice, voices_dir), spoken.samples(WORD, voice, voices_dir), seed=1)
         heard = times_heard(detector, samples)
         assert len(heard) == 2, f"{voice.describe()}: heard at {heard} s"
     assert detector.cpu_s / detector.heard_s < 0.05  # a few tenths of a per cent of a core here
@@ -103,18 +93,20 @@ def test_nothing_else_wakes_it_in_a_hundred_sentences(wake_word, voices_dir):
     sentences = [(text, ADULT_VOICE) for text in spoken.AMBIENT_EN]
     sentences += [(r.text, v) for r in spoken.REQUESTS_EN for v in (ADULT_VOICE, *CHILD_VOICES)]
     assert len(sentences) == 100
-    woken = [text for text, voice in sentences if times_heard(detector, in_a_room(said(text, voice, voices_dir)))]
+    woken = [
+        text for text, voice in sentences if times_heard(detector, in_a_room(spoken.samples(text, voice, voices_dir)))
+    ]
     assert woken == []
     # the same detector still hears the word after all that talk
-    assert len(times_heard(detector, in_a_room(said(WORD, ADULT_VOICE, voices_dir)))) == 1
+    assert len(times_heard(detector, in_a_room(spoken.samples(WORD, ADULT_VOICE, voices_dir)))) == 1
 
 
 def test_the_listener_posts_the_wake_word_and_drops_the_utterance_that_carried_it(wake_word, voices_dir):
     """Talk, the wake word, a request: the listener posts the talk, then WakeWordHeard, then the request, and the
     utterance of the wake word itself never becomes a transcript."""
-    talk = said(spoken.AMBIENT_EN[0], ADULT_VOICE, voices_dir)
-    request = said("tell me a story about a dragon who loves tea", ADULT_VOICE, voices_dir)
-    samples = in_a_room(talk, said(WORD, CHILD_VOICES[0], voices_dir), request, seed=2)
+    talk = spoken.samples(spoken.AMBIENT_EN[0], ADULT_VOICE, voices_dir)
+    request = spoken.samples("tell me a story about a dragon who loves tea", ADULT_VOICE, voices_dir)
+    samples = in_a_room(talk, spoken.samples(WORD, CHILD_VOICES[0], voices_dir), request, seed=2)
     recognizer = PocketSphinxRecognizer(jsgf_file=str(assets_dir() / "asr" / "story-requests.jsgf"))
     mic = RecordedMicrophone(samples)
     events: list = []
@@ -250,7 +242,7 @@ def test_in_run_mode_with_a_wake_word_talk_starts_nothing_and_the_word_then_a_re
         time.sleep(1.0)
         for i, text in enumerate(unbidden):
             sound_room.play_into_room(
-                write_wav(tmp_path / f"talk{i}.wav", said(text, ADULT_VOICE, voices_dir), RATE_HZ)
+                write_wav(tmp_path / f"talk{i}.wav", spoken.samples(text, ADULT_VOICE, voices_dir), RATE_HZ)
             )
             time.sleep(1.5)
         robot.wait_until(lambda: sum("heard: " in line for line in robot.stderr) >= len(unbidden) - 1, 30, "talk")
@@ -260,7 +252,9 @@ def test_in_run_mode_with_a_wake_word_talk_starts_nothing_and_the_word_then_a_re
         sound_room.play_into_room(say(WORD, CHILD_VOICES[2], tmp_path / "wake.wav"))
         robot.wait_until(lambda: any("listening for a request" in line for line in robot.stderr), 10, "the wake word")
         time.sleep(1.5)  # the chime, then the child asks
-        subject = write_wav(tmp_path / "subject.wav", said("a cat who likes milk", ADULT_VOICE, voices_dir), RATE_HZ)
+        subject = write_wav(
+            tmp_path / "subject.wav", spoken.samples("a cat who likes milk", ADULT_VOICE, voices_dir), RATE_HZ
+        )
         sound_room.play_into_room(subject)
         robot.wait_until(lambda: any("story requested" in line for line in robot.stderr), 30, "the request")
         robot.proc.send_signal(signal.SIGTERM)

@@ -927,7 +927,7 @@ def settings_from_config(config) -> PlanSettings:
         daemon_bytes=fp.daemon_bytes + (fp.web_bytes if config.web.enabled else 0),
         microphone_bytes=fp.microphone_bytes
         + (fp.wake_word_bytes if config.asr.wake_word else 0)
-        + (fp.stop_word_bytes if _is_stop_word_on(config) else 0),
+        + (fp.stop_word_bytes if is_stop_word_on(config) else 0),
         playback_bytes=fp.aplay_bytes,
         footprints=fp,
         wants_voice=config.asr.backend != "none",
@@ -1043,10 +1043,10 @@ def _plan_without_the_page(machine, shapes, settings, config, refused: PlanRefus
     return replace(plan, web_refusal=why, reasons=(*plan.reasons, f"the parents' page stays off: {why}"))
 
 
+def is_stop_word_on(config) -> bool:
+    """The daemon loads the stop-word classifier (robot/supervisor.py): asked for, with voice commands, in English."""
+    return config.asr.stop_word and config.asr.voice_commands and config.story.language == "en"
+
+
 if __name__ == "__main__":  # python -m robot.memory.plan: the plan for every board profile
     print(board_table())
-
-
-def _is_stop_word_on(config) -> bool:
-    """The daemon loads the stop-word classifier (robot/supervisor.py _stop_word)."""
-    return config.asr.stop_word and config.asr.voice_commands and config.story.language == "en"
