@@ -97,9 +97,9 @@ def _sliced(spectrum: np.ndarray) -> np.ndarray | None:
 
 def _around_peak(spectrum: np.ndarray) -> np.ndarray:
     """PEAK_BEFORE and PEAK_AFTER frames around the middle of the loudest 200 ms (the vowel: over a loud story the
-    echo canceller's gate lowers a child's quiet "s" with the echo around it, audio/echo.py _gate, and leaves bursts
-    of the robot's voice around the word, which move where the loud part seems to begin and end), averaged over 3 frames and 2 bands, its loudest 0
-    dB, floored at -60 dB."""
+    echo canceller's gate, audio/echo.py gate, lowers the low band of a child's quiet "s" with the echo around it,
+    and bursts of the robot's voice around the word move where the loud part seems to begin and end), averaged over
+    3 frames and 2 bands, its loudest 0 dB, floored at -60 dB."""
     energy = np.sum(10.0 ** (spectrum / 10.0), axis=1)
     width = min(PEAK_WIDTH, len(energy))
     top = int(np.argmax(np.convolve(energy, np.ones(width), "valid"))) + width // 2
