@@ -6,10 +6,12 @@ The robot's real speaker path (SoundDeviceSink, with the canceller's reference) 
 a new output stream for each, as the daemon opens one per story; everything it plays leaks back into the room
 (module-loopback, as tests/bargein.py sets it up). Meanwhile the training voices of scripts/train_stop_word.py
 (never the tests' voices) say "stop" and the other words into the room, one every WORD_EVERY_S, from 1 s into each
-story. The real microphone path (Microphone with EchoCanceller) captures the room. Afterwards the capture is cut
-into utterances as the listener cuts them while the robot speaks (robot/listener.py: COMMAND_MIN_LEVEL_DBFS,
-COMMAND_END_SILENCE_S), and each utterance is labelled with the word said within it; utterances with no word in
-them are the robot's own voice left by the canceller (negatives too).
+story. The real microphone path (Microphone with EchoCanceller) captures the room. What the microphone heard and
+what SpeexDSP made of it are both kept, before the canceller's gate (audio/echo.py gate), with when each word was
+said: the gate is applied when the recording is read (labelled_utterances()), so a recording outlives a change of
+the gate. The gated capture is cut into utterances as the listener cuts them while the robot speaks
+(robot/listener.py: COMMAND_MIN_LEVEL_DBFS, COMMAND_END_SILENCE_S), and each utterance is labelled with the word
+said within it; utterances with no word in them are the robot's own voice left by the canceller (negatives too).
 
 Needs the sound room's tools (PulseAudio, espeak-ng, sox, flite). About 1.3 s of room time per word.
 
@@ -46,6 +48,7 @@ STORIES = (
 
 ROOM_SCRIPT = r"""
 import asyncio, json, sys, numpy as np
+from audio import echo
 from audio.capture import Microphone
 from audio.echo import EchoCanceller, EchoReference
 from audio.playback import SoundDeviceSink
@@ -54,7 +57,21 @@ from audio.speech import read_wav
 async def main(plan_json, out_npy):
     plan = json.load(open(plan_json))
     reference = EchoReference()
-    mic = Microphone("", 30, canceller=EchoCanceller(reference))
+    canceller = EchoCanceller(reference)
+    # each block as the microphone heard it and as SpeexDSP left it, before the gate (audio.echo.gate)
+    heard, cancelled, seen = [], [], []
+    real_gate, cancel = echo.gate, canceller.process
+    def keep(frames, out):
+        seen.append((frames.copy(), out.copy()))
+        return real_gate(frames, out)
+    def process(samples, adc_s):
+        seen.clear()
+        out = cancel(samples, adc_s)
+        heard.append(seen[0][0] if seen else out.copy())
+        cancelled.append(seen[0][1] if seen else out.copy())
+        return out
+    echo.gate, canceller.process = keep, process
+    mic = Microphone("", 30, canceller=canceller)
     mic.open()
     frames = []
     async def read():
@@ -69,7 +86,7 @@ async def main(plan_json, out_npy):
         async def child(words):
             await asyncio.sleep(1.0)
             for word in words:
-                said.append([word, sum(len(f) for f in frames)])
+                said.append([word, sum(len(f) for f in heard)])
                 player = await asyncio.create_subprocess_exec("paplay", "-d", "room", word)
                 await asyncio.gather(player.wait(), asyncio.sleep(WORD_EVERY_S))
         child_task = asyncio.create_task(child(story["words"]))
@@ -79,7 +96,7 @@ async def main(plan_json, out_npy):
         await asyncio.sleep(1.5)  # the canceller's tail, as between two stories
     reader.cancel()
     mic.close()
-    np.save(out_npy, np.concatenate(frames))
+    np.savez(out_npy, heard=np.concatenate(heard), cancelled=np.concatenate(cancelled))
     json.dump(said, open(out_npy + ".json", "w"))
 
 asyncio.run(main(sys.argv[1], sys.argv[2]))
@@ -117,11 +134,47 @@ def utterances(samples: np.ndarray) -> list[tuple[int, int]]:
     return out
 
 
+ROBOT_ALONE = "(the robot's voice)"
+WORD_S = 0.9  # a word said is taken to last this long
+
+
+def gated(heard: np.ndarray, cancelled: np.ndarray) -> np.ndarray:
+    """The capture as the listener gets it: the canceller's gate (audio.echo.gate) applied to the frames SpeexDSP
+    worked on (those where cancelled differs from heard; elsewhere the canceller let the microphone through)."""
+    from audio.echo import FRAME_SAMPLES, gate
+
+    whole = len(heard) // FRAME_SAMPLES * FRAME_SAMPLES
+    heard_frames = heard[:whole].reshape(-1, FRAME_SAMPLES)
+    out = cancelled[:whole].reshape(-1, FRAME_SAMPLES).copy()
+    worked = (heard_frames != out).any(axis=1)
+    done = out[worked]
+    gate(heard_frames[worked].ravel(), done.ravel())
+    out[worked] = done
+    return out.ravel()
+
+
+def labelled_utterances(path: Path) -> tuple[list[np.ndarray], list[bool], list[str]]:
+    """A recording's utterances as the listener would cut them from the gated capture, with whether each is a stop
+    and the text said in it (ROBOT_ALONE: none); an utterance with two words said in it is left out."""
+    with np.load(path) as f:
+        capture = gated(f["heard"], f["cancelled"])
+        said = list(zip(f["said_at"].tolist(), f["texts"].tolist(), f["labels"].tolist()))
+    pieces, labels, texts = [], [], []
+    for start, end in utterances(capture):
+        words = [(text, is_stop) for at, text, is_stop in said if at < end and start < at + int(WORD_S * 16000)]
+        if len(words) > 1:
+            continue  # two words in one utterance: neither is a clean example
+        pieces.append(capture[start:end])
+        labels.append(bool(words and words[0][1]))
+        texts.append(words[0][0] if words else ROBOT_ALONE)
+    return pieces, labels, texts
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--words", type=int, default=400, help="words said into the room")
     parser.add_argument("--seed", type=int, default=2, help="picks the training voices (not the tests')")
-    parser.add_argument("--out", type=Path, required=True, help="an .npz of labelled utterances")
+    parser.add_argument("--out", type=Path, required=True, help="the recording (.npz)")
     args = parser.parse_args()
     rng = np.random.default_rng(args.seed)
     room = SoundRoom.start()
@@ -155,36 +208,30 @@ def main() -> int:
             for k, i in enumerate(range(0, len(said_words), WORDS_PER_STORY))
         ]
         (tmp / "plan.json").write_text(json.dumps(plan))
-        out = tmp / "heard.npy"
+        out = tmp / "heard.npz"
         print(f"{len(said_words)} words over {len(plan)} stories in the leaky room ...", flush=True)
         with leaky_loopback():
             subprocess.run(
                 [sys.executable, "-c", ROOM_SCRIPT, str(tmp / "plan.json"), str(out)],
                 env=room.env(), cwd=str(ROOT), check=True, timeout=60 + 12 * len(plan),
             )  # fmt: skip
-        heard = np.load(out)
+        with np.load(out) as f:
+            heard, cancelled = f["heard"], f["cancelled"]
         said_at = {path: at for path, at in json.loads(Path(str(out) + ".json").read_text())}
-    spans = []
-    for text, is_stop, voice, path in said_words:
-        at = said_at[str(path)]
-        spans.append((at, at + int(0.9 * 16000), text, is_stop, voice))
-    pieces, labels, texts = [], [], []
-    for start, end in utterances(heard):
-        words = [s for s in spans if s[0] < end and start < s[1]]
-        if len(words) > 1:
-            continue  # two words in one utterance: neither is a clean example
-        pieces.append(heard[start:end])
-        labels.append(bool(words and words[0][3]))
-        texts.append(words[0][2] if words else "(the robot's voice)")
-    offsets = np.cumsum([0] + [len(p) for p in pieces])
     np.savez_compressed(
-        args.out, samples=np.concatenate(pieces), offsets=offsets, labels=np.array(labels), texts=np.array(texts)
+        args.out,
+        heard=heard,
+        cancelled=cancelled,
+        said_at=np.array([said_at[str(w[3])] for w in said_words]),
+        texts=np.array([w[0] for w in said_words]),
+        labels=np.array([w[1] for w in said_words]),
+        voices=np.array([w[2] for w in said_words]),
     )
-    robot_alone = texts.count("(the robot's voice)")
-    words_found = len(pieces) - robot_alone
+    pieces, labels, texts = labelled_utterances(args.out)
+    robot_alone = texts.count(ROBOT_ALONE)
     print(
-        f"wrote {args.out}: {len(pieces)} utterances: {words_found} of the {len(said_words)} words said "
-        f"({sum(labels)} of them stop), {robot_alone} of the robot's voice alone"
+        f"wrote {args.out}: {len(heard) / 16000:.0f} s; {len(pieces)} utterances: {len(pieces) - robot_alone} of "
+        f"the {len(said_words)} words said ({sum(labels)} of them stop), {robot_alone} of the robot's voice alone"
     )
     return 0
 
