@@ -15,11 +15,12 @@ real microphone path (Microphone on room.monitor) captures, and a child-like "st
 
 With --trials N it then runs N spoken-stop trials in the daemon (tests/bargein.py: one daemon, a story per trial
 started by a long press on a serial button board, a child-like "stop" 2.5 s after the story is first heard) with
-the canceller on, then off, and prints how many stopped the story and the latency from the word's end (its last
-loud 10 ms) to the robot going idle with its speaker silent from then on (median, worst).
+the canceller on, then off (--trials-with on|off: one of them), and prints how many stopped the story, how many of
+them within 1 s, and the latency from the word's end (its last loud 10 ms) to the robot going idle with its speaker
+silent from then on (median, worst). --log-dir keeps the trials' daemon logs (at -vv: the listener's decisions).
 
---set KEY=VALUE gives the trials' daemon a configuration key (e.g. --set asr.stop_word=true, the experimental
-stop-word classifier); --all-child-voices says the trials' "stop" in all six child-like voices of tests/voices.py
+--set KEY=VALUE gives the trials' daemon a configuration key (e.g. --set asr.stop_word=false, PocketSphinx
+alone); --all-child-voices says the trials' "stop" in all six child-like voices of tests/voices.py
 (default: the three mild ones).
 
 Usage: .venv/bin/python scripts/bench_echo.py [--runs 3] [--trials 10] [--set KEY=VALUE] [--all-child-voices]
@@ -141,6 +142,15 @@ def main() -> int:
     parser.add_argument("--trials", type=int, default=0, help="spoken-stop trials in the daemon (0: none)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="for the trials' daemon")
     parser.add_argument("--all-child-voices", action="store_true", help="the trials in all six child-like voices")
+    parser.add_argument(
+        "--trials-with",
+        choices=("both", "on", "off"),
+        default="both",
+        help="the trials with the canceller on, off or both",
+    )
+    parser.add_argument(
+        "--log-dir", type=Path, help="keep the trials' daemon logs here (trials-on.log, trials-off.log)"
+    )
     args = parser.parse_args()
     room = SoundRoom.start()
     loopback = subprocess.run(
@@ -182,11 +192,14 @@ def main() -> int:
             f"of audio; 'stop' heard {heard_on}/{args.runs} with the canceller, {heard_off}/{args.runs} without"
         )
     for echo_cancel in ("on", "off") if args.trials else ():
-        spoken_stop_trials(room, args.trials, echo_cancel, args.set, args.all_child_voices)
+        if args.trials_with in ("both", echo_cancel):
+            spoken_stop_trials(room, args.trials, echo_cancel, args.set, args.all_child_voices, args.log_dir)
     return 0
 
 
-def spoken_stop_trials(room: SoundRoom, count: int, echo_cancel: str, settings: list[str], all_voices: bool) -> None:
+def spoken_stop_trials(
+    room: SoundRoom, count: int, echo_cancel: str, settings: list[str], all_voices: bool, log_dir: Path | None
+) -> None:
     from tests.bargein import leaky_loopback, run_trials, stop_words
     from tests.voices import CHILD_VOICES, MILD_CHILD_VOICES
 
@@ -195,11 +208,15 @@ def spoken_stop_trials(room: SoundRoom, count: int, echo_cancel: str, settings: 
     with tempfile.TemporaryDirectory() as name, leaky_loopback():
         voices = (*MILD_CHILD_VOICES, *CHILD_VOICES) if all_voices else MILD_CHILD_VOICES
         words = stop_words(Path(name), "stop", voices)
-        trials, _ = run_trials(room, Path(name) / "state", count, echo_cancel, *extra, words=words)
+        trials, log = run_trials(room, Path(name) / "state", count, echo_cancel, *extra, words=words)
+    if log_dir is not None:
+        log_dir.mkdir(parents=True, exist_ok=True)
+        (log_dir / f"trials-{echo_cancel}.log").write_text(log)
     latencies = [t.latency_s for t in trials if t.latency_s is not None]
     for i, t in enumerate(trials):
         print(f"trial {i + 1} ({t.voice}): " + ("not heard" if t.latency_s is None else f"{t.latency_s:.2f} s"))
-    summary = f"spoken stop, canceller {echo_cancel}: {len(latencies)}/{count} stopped the story"
+    within = sum(s <= 1.0 for s in latencies)
+    summary = f"spoken stop, canceller {echo_cancel}: {len(latencies)}/{count} stopped the story, {within} within 1 s"
     if latencies:
         summary += f"; word's end to silence median {statistics.median(latencies):.2f} s, worst {max(latencies):.2f} s"
     print(summary)

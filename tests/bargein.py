@@ -183,7 +183,14 @@ def start_story(board: ButtonBoard) -> None:
 def tell_stories(room: SoundRoom, state_dir: Path, count: int, *extra: str) -> tuple[int, str]:
     """count short stories told one after another by one daemon; how many were told, and its log."""
     board = ButtonBoard()
-    robot = Daemon(room, state_dir, f"button.serial_port='{board.path}'", "button.earcon=false", *extra)
+    robot = Daemon(
+        room,
+        state_dir,
+        f"button.serial_port='{board.path}'",
+        "button.earcon=false",
+        *extra,
+        verbosity="-vv",  # the listener's command-mode decisions, for a failure's post-mortem
+    )
     told = 0
     try:
         robot.wait_until(lambda: any("listening on" in line for line in robot.stderr), 60, "listening")
