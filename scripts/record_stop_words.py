@@ -158,7 +158,7 @@ def labelled_utterances(path: Path) -> tuple[list[np.ndarray], list[bool], list[
     and the text said in it (ROBOT_ALONE: none); an utterance with two words said in it is left out."""
     with np.load(path) as f:
         capture = gated(f["heard"], f["cancelled"])
-        said = list(zip(f["said_at"].tolist(), f["texts"].tolist(), f["labels"].tolist()))
+        said = list(zip(f["said_at"].tolist(), f["texts"].tolist(), f["labels"].tolist(), strict=True))
     pieces, labels, texts = [], [], []
     for start, end in utterances(capture):
         words = [(text, is_stop) for at, text, is_stop in said if at < end and start < at + int(WORD_S * 16000)]

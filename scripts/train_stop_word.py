@@ -15,14 +15,16 @@ The cutoff is the lowest probability at which at most --false-rate of the valida
 from the training ones) are taken for "stop".
 
 --room adds utterances recorded through the leaky sound room by scripts/record_stop_words.py (other random voices,
-never the tests'): synthetic mixing alone did not teach it what the canceller leaves of a word over a loud story
-(the suppressor takes much of a child's "s"): trained on synthetic audio alone it stopped 2-4 of 10 stories in the
-daemon's trials, with two recordings 8-9 of 10. A quarter of the recorded utterances are held out to measure it.
+never the tests'), cut from the capture as the echo canceller's gate (audio/echo.py gate) leaves it today:
+synthetic mixing alone did not teach it what the canceller leaves of a word over a loud story. Trained on synthetic
+audio alone it stopped 2-4 of 10 stories in the daemon's trials; with two recordings 8-10 of 10. A quarter of the
+recorded utterances are held out to measure it.
 
 The shipped assets/asr/stop-word.npz was made with
-  scripts/record_stop_words.py --words 560 --seed 2 --out room-1.npz   (and --seed 3 --out room-2.npz)
-  scripts/train_stop_word.py --voices 300 --copies 2 --alpha 0.01 --room room-1.npz --room room-2.npz --room-weight 10
-(about 40 minutes of room time, 2 minutes of training); StopWord.about holds its arguments and figures.
+  scripts/record_stop_words.py --words 560 --seed 2 --out room-2.npz   (and --seed 3 --out room-3.npz)
+  scripts/train_stop_word.py --voices 300 --copies 2 --alpha 0.01 --room room-2.npz --room room-3.npz --room-weight 10
+(about 20 minutes of room time with the two recordings side by side, each with its own PulseAudio server
+(PULSE_RUNTIME_PATH), 10 minutes of rendering and 2 of training); StopWord.about holds its arguments and figures.
 
 Needs scikit-learn (pip install scikit-learn) for the training itself; the robot does not.
 
@@ -180,13 +182,18 @@ def rms(x: np.ndarray) -> float:
 
 
 def suppressed(word: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """word as the canceller's residual-echo suppressor leaves it over a loud story (heard in the leaky sound room):
-    its quiet 10 ms frames, 12 dB or more under its loudest (the "s", the "p"'s release), 15-40 dB quieter."""
-    frames = word[: len(word) // 160 * 160].reshape(-1, 160)
+    """word as the canceller's gate leaves it over a loud story (heard in the leaky sound room): the band under
+    audio.echo.GATE_SPLIT_HZ of its quiet 10 ms frames, 12 dB or more under its loudest (the "s", the "p"'s
+    release), 15-40 dB quieter; their upper band (the "s" itself) as it was."""
+    from audio.echo import FRAME_SAMPLES, GATE_SPLIT_HZ
+
+    frames = word[: len(word) // FRAME_SAMPLES * FRAME_SAMPLES].reshape(-1, FRAME_SAMPLES)
     level_db = 10 * np.log10(np.mean(np.square(frames), axis=1) + 1e-9)
     quiet = level_db < level_db.max() - 12
-    gains = np.where(quiet, 10 ** (-rng.uniform(15, 40) / 20), 1.0)
-    return np.concatenate([(frames * gains[:, None]).ravel(), word[len(frames) * 160 :]])
+    spectrum = np.fft.rfft(frames, axis=1)
+    spectrum[quiet, : GATE_SPLIT_HZ * FRAME_SAMPLES // RATE_HZ] *= 10 ** (-rng.uniform(15, 40) / 20)
+    gated = np.fft.irfft(spectrum, FRAME_SAMPLES, axis=1)
+    return np.concatenate([gated.ravel(), word[len(frames) * FRAME_SAMPLES :]])
 
 
 def heard(word: np.ndarray, stories: list[np.ndarray], rng: np.random.Generator, snr_db: float | None) -> np.ndarray:
@@ -255,17 +262,19 @@ def sayings_of(voices: list[Voice]) -> list[Saying]:
 
 
 def room_sets(paths: list[Path], rng: np.random.Generator):
-    """Features and labels of the recorded utterances: (training, validation), a quarter of them validating;
+    """Features and labels of the utterances recorded in the leaky room (scripts/record_stop_words.py, cut from
+    the capture as the canceller's gate leaves it today): (training, validation), a quarter of them validating;
     (None, None) without recordings."""
+    from record_stop_words import labelled_utterances
+
     rows, labels = [], []
     for path in paths:
-        with np.load(path) as f:
-            samples, offsets, is_stop = f["samples"], f["offsets"], f["labels"]
-        for i, label in enumerate(is_stop):
-            x = features(samples[offsets[i] : offsets[i + 1]])
+        pieces, is_stop, _ = labelled_utterances(path)
+        for piece, label in zip(pieces, is_stop, strict=True):
+            x = features(piece)
             if x is not None:
                 rows.append(x)
-                labels.append(bool(label))
+                labels.append(label)
     if not rows:
         return None, None
     order = rng.permutation(len(rows))

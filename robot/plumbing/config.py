@@ -81,9 +81,9 @@ class AsrConfig:
     # more often by mistake (scripts/bench_wake_word.py --cutoff)
     wake_word_cutoff: float = _opt(0.5, low=0.05, high=0.99)
     wake_word_speaking_cutoff: float = _opt(0.3, low=0.05, high=0.99)  # ... while the robot speaks
-    # opt-in: while the robot speaks, an utterance the command grammar makes nothing of is asked of the stop-word
-    # classifier (audio/stop_word.py; English): it hears a child's "stop" over the story where PocketSphinx does not
-    stop_word: bool = _opt(False)
+    # while the robot speaks, an utterance the command grammar makes nothing of is asked of the stop-word classifier
+    # (audio/stop_word.py; English): it hears a child's "stop" over the story where PocketSphinx does not
+    stop_word: bool = _opt(True)
     stop_word_cutoff: float = _opt(0.0, low=0.0, high=0.99)  # 0: the one chosen when it was trained
 
 
