@@ -55,6 +55,7 @@ GATE_ATTENUATION_DB = 30.0
 # recorded stops, 16 of 85 with the two bands (scripts/record_stop_words.py recordings of the tests' voices, the
 # stop-word classifier's hits going from 47 to 62 with it, before it was trained on the two-band output).
 GATE_SPLIT_HZ = 5000
+GATE_SPLIT_BIN = GATE_SPLIT_HZ * FRAME_SAMPLES // RATE_HZ  # the first rfft bin of a frame's upper band
 PEAK_RATIO = 6.0  # a correlation peak this many times above the correlation's typical magnitude is trusted
 # A peak this close to either end of the lags searched is not trusted. In a sound-room run the estimate swung between
 # the two ends (600 ms and -100 ms, 26 changes in 64 s of speech), each move restarting the filter, and the echo was
@@ -415,9 +416,8 @@ def gate(frames: np.ndarray, out: np.ndarray) -> tuple[float, float]:
     energies = float(np.vdot(frames_in, frames_in)), float(np.vdot(frames_out, frames_out))
     raw, done = np.fft.rfft(frames_in, axis=1), np.fft.rfft(frames_out, axis=1)
     raw_power, done_power = np.square(np.abs(raw)), np.square(np.abs(done))
-    split = GATE_SPLIT_HZ * FRAME_SAMPLES // RATE_HZ  # the first bin of the upper band
     gains = np.ones(done.shape, dtype=np.float32)
-    for band in (slice(0, split), slice(split, None)):
+    for band in (slice(0, GATE_SPLIT_BIN), slice(GATE_SPLIT_BIN, None)):
         echo = done_power[:, band].sum(axis=1) * 10.0 ** (GATE_DB / 10.0) < raw_power[:, band].sum(axis=1)
         gains[echo, band] = 10.0 ** (-GATE_ATTENUATION_DB / 20.0)
     if (gains < 1.0).any():

@@ -9,7 +9,7 @@ recorded through the leaky sound room's canceller (scripts/record_stop_words.py)
 (scripts/bench_echo.py --trials 10 --all-child-voices, tests/test_barge_in.py: six child-like voices held out of
 training) a "stop" over a story at full volume stopped it in 10 of 10 in each of four runs, 9-10 of them within 1 s
 of the word, the listener asking it 0.5 s after the word's peak (robot/listener.py STOP_WORD_AFTER_PEAK_S). On by
-default (asr.stop_word): in 60 stories told in the leaky room it took none of the robot's own words for "stop".
+default (asr.stop_word): in 80 stories told in the leaky room it took none of the robot's own words for "stop".
 
 Features: the utterance's log-mel spectrogram (25 ms windows every 10 ms, BANDS bands), trimmed to its loud part,
 averaged into STEPS equal slices of time and shifted so its loudest value is 0 dB, plus its length; and the 0.6 s

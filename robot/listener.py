@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from audio.asr import AsrError, Recognizer
-from audio.capture import Microphone, MicStalled
+from audio.capture import RATE_HZ, Microphone, MicStalled
 from audio.devices import DeviceError
 from audio.speech import frame_levels_dbfs
 from audio.vad import EnergyVad, VadEvent, VadSettings
@@ -65,11 +65,12 @@ COMMAND_HOLD_OFF_S = 2.0
 # was 600 ms, and the last word of a story ("king") was heard as the request of a press that came 0.26 s after the
 # story ended. The microphone is ignored for this long, plus the measured delay where an echo canceller measures one.
 VOICE_TAIL_S = 0.4
-# The stop-word classifier is asked once this long after an utterance's loudest 10 ms (a word's vowel), on what was
+# The stop-word classifier is asked once this long after an utterance's loudest frame (a word's vowel), on what was
 # heard so far, without waiting for the utterance's end: in the leaky sound room what the canceller left of the
 # robot's voice right after a child's "stop" (bursts over COMMAND_MIN_LEVEL_DBFS) kept one utterance going 1.47 s,
 # its loudest at 0.36 s, and the stop came 0.95-1.06 s after the word where it usually comes in 0.45 s. An
-# utterance that ends this soon after its peak is a whole word's: 0.84-0.96 s long, the peak at 0.33-0.36 s.
+# utterance that ends this soon after its peak is a whole word's: 0.84-0.96 s long, the peak at 0.33-0.36 s (10 ms
+# frames; the listener follows the peak in its own frames, audio.block_ms).
 STOP_WORD_AFTER_PEAK_S = 0.5
 
 
@@ -341,9 +342,8 @@ class Listener:
         (text), else text (on the recognizer's thread: a few milliseconds of NumPy)."""
         if self._stop_word is None or not utterance.pcm:
             return text
-        pcm = b"".join(utterance.pcm)
-        probability = self._stop_word.probability(pcm)
-        shape = _shape(pcm)
+        probability = self._stop_word.probability(b"".join(utterance.pcm))
+        shape = utterance.shape()
         if probability < self._stop_word.cutoff:
             log.debug("%r: not the stop word either (%.2f; %s)", text, probability, shape)
             return text
@@ -370,17 +370,6 @@ def _accept(recognizer: Recognizer, pcm: bytes) -> tuple[str | None, bool]:
     request."""
     partial = recognizer.accept(pcm)
     return partial, partial is not None and recognizer.is_complete(partial)
-
-
-def _shape(pcm: bytes) -> str:
-    """An utterance's length and where its loudest 10 ms lie, for the log (a slow stop: what kept it going)."""
-    samples = np.frombuffer(pcm, dtype=np.int16)
-    frames = samples[: len(samples) // 160 * 160].reshape(-1, 160)
-    if not len(frames):
-        return "empty"
-    levels = frame_levels_dbfs(frames)
-    loudest = int(np.argmax(levels))
-    return f"{len(samples) / 16000:.2f} s, loudest {levels[loudest]:.0f} dBFS at {loudest / 100:.2f} s"
 
 
 def _has_words(text: str) -> bool:
@@ -414,4 +403,9 @@ class _Utterance:
             if level > self.peak_dbfs:
                 self.peak_dbfs, self.since_peak_s = level, 0.0
             else:
-                self.since_peak_s += len(frame) / 16000
+                self.since_peak_s += len(frame) / RATE_HZ
+
+    def shape(self) -> str:
+        """Its length and where its loudest frame lies, for the log (a slow stop: what kept it going)."""
+        length_s = sum(len(pcm) for pcm in self.pcm) / 2 / RATE_HZ
+        return f"{length_s:.2f} s, loudest {self.peak_dbfs:.0f} dBFS at {length_s - self.since_peak_s:.2f} s"

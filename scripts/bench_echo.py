@@ -17,7 +17,8 @@ With --trials N it then runs N spoken-stop trials in the daemon (tests/bargein.p
 started by a long press on a serial button board, a child-like "stop" 2.5 s after the story is first heard) with
 the canceller on, then off (--trials-with on|off: one of them), and prints how many stopped the story, how many of
 them within 1 s, and the latency from the word's end (its last loud 10 ms) to the robot going idle with its speaker
-silent from then on (median, worst). --log-dir keeps the trials' daemon logs (at -vv: the listener's decisions).
+silent from then on (median, worst), and how many of the stops the stop-word classifier heard (PocketSphinx heard
+the others). --log-dir keeps the trials' daemon logs (at -vv: the listener's decisions).
 
 --set KEY=VALUE gives the trials' daemon a configuration key (e.g. --set asr.stop_word=false, PocketSphinx
 alone); --all-child-voices says the trials' "stop" in all six child-like voices of tests/voices.py
@@ -219,6 +220,7 @@ def spoken_stop_trials(
     summary = f"spoken stop, canceller {echo_cancel}: {len(latencies)}/{count} stopped the story, {within} within 1 s"
     if latencies:
         summary += f"; word's end to silence median {statistics.median(latencies):.2f} s, worst {max(latencies):.2f} s"
+        summary += f"; the stop-word classifier heard {log.count('stop word heard')}, PocketSphinx the others"
     print(summary)
 
 

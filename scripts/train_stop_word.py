@@ -185,13 +185,13 @@ def suppressed(word: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """word as the canceller's gate leaves it over a loud story (heard in the leaky sound room): the band under
     audio.echo.GATE_SPLIT_HZ of its quiet 10 ms frames, 12 dB or more under its loudest (the "s", the "p"'s
     release), 15-40 dB quieter; their upper band (the "s" itself) as it was."""
-    from audio.echo import FRAME_SAMPLES, GATE_SPLIT_HZ
+    from audio.echo import FRAME_SAMPLES, GATE_SPLIT_BIN
 
     frames = word[: len(word) // FRAME_SAMPLES * FRAME_SAMPLES].reshape(-1, FRAME_SAMPLES)
     level_db = 10 * np.log10(np.mean(np.square(frames), axis=1) + 1e-9)
     quiet = level_db < level_db.max() - 12
     spectrum = np.fft.rfft(frames, axis=1)
-    spectrum[quiet, : GATE_SPLIT_HZ * FRAME_SAMPLES // RATE_HZ] *= 10 ** (-rng.uniform(15, 40) / 20)
+    spectrum[quiet, :GATE_SPLIT_BIN] *= 10 ** (-rng.uniform(15, 40) / 20)
     gated = np.fft.irfft(spectrum, FRAME_SAMPLES, axis=1)
     return np.concatenate([gated.ravel(), word[len(frames) * FRAME_SAMPLES :]])
 

@@ -208,8 +208,7 @@ def _high_band_db(x: np.ndarray) -> np.ndarray:
     """Each 10 ms frame's energy at and above GATE_SPLIT_HZ (dB)."""
     frames = x[: len(x) // echo.FRAME_SAMPLES * echo.FRAME_SAMPLES].reshape(-1, echo.FRAME_SAMPLES)
     spectrum = np.abs(np.fft.rfft(frames.astype(np.float64), axis=1)) ** 2
-    split = echo.GATE_SPLIT_HZ * echo.FRAME_SAMPLES // echo.RATE_HZ
-    return 10 * np.log10(spectrum[:, split:].sum(axis=1) + 1.0)
+    return 10 * np.log10(spectrum[:, echo.GATE_SPLIT_BIN :].sum(axis=1) + 1.0)
 
 
 def test_a_childs_quiet_s_over_the_loud_story_is_not_gated_away(story_speech):
