@@ -7,7 +7,7 @@ child-like "stop"s there (5 of 24 measured in the leaky sound room). This classi
 case: one short utterance, in voices from a child's to an adult's, clean, with a synthetic voice underneath, and as
 recorded through the leaky sound room's canceller (scripts/record_stop_words.py). In the daemon's trials there
 (scripts/bench_echo.py --trials 10 --all-child-voices, tests/test_barge_in.py: six child-like voices held out of
-training) a "stop" over a story at full volume stopped it within 1 s of the word in 7 to 10 of 10 in seven runs,
+training) a "stop" over a story at full volume stopped it within 1 s of the word in 6 to 10 of 10 in eight runs,
 the listener asking it 0.5 s after the word's peak (robot/listener.py STOP_WORD_AFTER_PEAK_S). On by default
 (asr.stop_word): in 80 stories told in the leaky room it took none of the robot's own words for "stop".
 

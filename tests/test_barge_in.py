@@ -71,9 +71,10 @@ STOP_TRIALS = 10
 # The bar is 9 of 10 within 1 s. With the stop-word classifier (asr.stop_word, on by default), asked as soon
 # as a word's peak is 0.5 s past (robot/listener.py STOP_WORD_AFTER_PEAK_S), it was within 1 s in 10, 10 and 9 of 10
 # with this test alone, 10 in scripts/bench_echo.py --trials 10 --all-child-voices, 9 beside two CPU hogs, and in
-# two full-suite runs at least 8 (all 10 stopped) and 7 (median about 0.45 s throughout). The 7: its first trial came
-# in the canceller's first story after start-up, while the delay estimate moved and the filter restarted, and two
-# stops over that weaker canceller scored 0.15-0.18. So the test asks for 7.
+# three full-suite runs at least 8 (all 10 stopped), 7 and 6 (median about 0.45 s throughout). In the 7 and the 6 the
+# first trial came in the canceller's first story after start-up, while the delay estimate moved and the filter
+# restarted, and later stops over that weaker canceller scored 0.15-0.18. The test asks for 7, and fails in such a
+# run: the fix belongs in the canceller's first story and the classifier, not in a lower bar.
 # Without the canceller: 0 of 10 in every run.
 STOP_WITHIN = 7
 
