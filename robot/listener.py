@@ -112,6 +112,7 @@ class Listener:
         self._wake_word = wake_word
         self._stop_word = stop_word
         self._was_closed = False  # the gate, at the last block
+        self._frames_after = 0  # the frames of the block being heard after the one _on_frame has
         self._command_since: float | None = None  # when the robot began thinking or speaking (commands only)
         # the recognizer is fed in order on one thread, off the event loop
         self._asr_thread = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="asr")
@@ -176,7 +177,8 @@ class Listener:
                 continue
             levels_dbfs = frame_levels_dbfs(block)
             if not await self._is_quiet_block_taken(block, levels_dbfs):
-                for frame, level_dbfs in zip(block, levels_dbfs, strict=True):
+                for k, (frame, level_dbfs) in enumerate(zip(block, levels_dbfs, strict=True)):
+                    self._frames_after = len(block) - 1 - k
                     await self._on_frame(frame, level_dbfs)
             # within an utterance every block counts at once (its end is a stretch of quiet)
             mic.is_urgent = self._utterance is not None or self._vad.is_in_speech
@@ -272,6 +274,9 @@ class Listener:
             await loop.run_in_executor(self._asr_thread, recognizer.use_commands, is_command)
             if not is_command:
                 self._post(SpeechStarted(at=time.monotonic()))
+            elif self._wake_word is not None:  # the utterance heard afresh, from its pre-roll (audio.wake.AFRESH_S)
+                frame_s = self._vad_settings.frame_ms / 1000.0
+                self._wake_word.hear_afresh((len(result.frames) + self._frames_after) * frame_s)
         if utterance is not None and result.frames and not _is_past_command_length(utterance):
             pcm = b"".join(f.tobytes() for f in result.frames)
             is_asked = utterance.is_command and self._stop_word is not None

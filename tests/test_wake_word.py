@@ -101,6 +101,68 @@ def test_nothing_else_wakes_it_in_a_hundred_sentences(wake_word, voices_dir):
     assert len(times_heard(detector, in_a_room(spoken.samples(WORD, ADULT_VOICE, voices_dir)))) == 1
 
 
+def _level(samples: np.ndarray, dbfs: float) -> np.ndarray:
+    x = samples.astype(np.float64)
+    return x * 10 ** ((dbfs - 10 * np.log10(np.mean(x**2) / 32768**2 + 1e-12)) / 20)
+
+
+def over_the_robots_voice(word: np.ndarray, story: np.ndarray) -> tuple[np.ndarray, int]:
+    """2.5 s of the robot's voice as a canceller still learning leaves it (-12 dBFS), then the word (-16 dBFS) with
+    the story on under it (-28 dBFS); and where the word begins. (With the story before it at -15 or -8 dBFS the
+    stream misses the word and the afresh front end hears it too; with the story under it at -30 dBFS both hear it,
+    at -26 neither.)"""
+    rng = np.random.default_rng(3)
+    before = _level(story[:40000], -12.0)
+    word = trimmed(word)
+    under = _level(story[40000 : 40000 + len(word)], -28.0)
+    mixed = np.concatenate([before, _level(word, -16.0) + under, np.zeros(RATE_HZ)])
+    return np.clip(mixed + rng.normal(0, 16, len(mixed)), -32768, 32767).astype(np.int16), len(before)
+
+
+def test_a_word_said_after_the_robots_voice_is_heard_by_a_front_end_started_afresh(espeak, voices_dir):
+    """The model's front end keeps a running estimate of each band's noise: after the robot's voice the word is
+    heard as if through noise, and the stream's pipeline misses it. The listener starts a second front end and model
+    at each utterance's pre-roll (WakeWord.hear_afresh, audio.wake.AFRESH_S), which hears it."""
+    need(importlib.util.find_spec("pymicro_wakeword") is not None, "pymicro-wakeword is not installed (the wake extra)")
+    from audio.wake import WakeWord
+
+    asr = load_config(None, [], use_system=False).asr
+    story = espeak("Once upon a time there was a little bear who wanted to see the sea, and every morning he walked "
+                   "to the hill to look for it.")  # fmt: skip
+    block = RATE_HZ * 30 // 1000
+    for voice in (CHILD_VOICES[0], CHILD_VOICES[2]):
+        samples, word_at = over_the_robots_voice(spoken.samples(WORD, voice, voices_dir), story)
+        heard = {}
+        for is_afresh in (False, True):
+            detector = WakeWord("okay_nabu", asr.wake_word_cutoff, asr.wake_word_speaking_cutoff)
+            starts = word_at // block * block + block  # the listener's detector notices the utterance a block late
+            heard[is_afresh] = False
+            for i in range(0, len(samples), block):
+                heard[is_afresh] = detector.hear(samples[i : i + block], is_speaking=True) or heard[is_afresh]
+                if is_afresh and i == starts:
+                    detector.hear_afresh(0.3 + 0.03)  # the pre-roll, and the block
+        assert heard == {False: False, True: True}, voice.describe()
+
+
+def test_nothing_else_wakes_it_when_every_sentence_is_also_heard_afresh(wake_word, voices_dir):
+    """The afresh front end takes nothing else for the word either: the 100 sentences, each also heard afresh from
+    its start, as the listener does for each utterance over a story. (At the speaking cutoff, 0.3, the stream alone
+    already takes child-a's "a story about an owl who cannot sleep" for it; the afresh front end adds none.)"""
+    detector = wake_word()
+    sentences = [(text, ADULT_VOICE) for text in spoken.AMBIENT_EN]
+    sentences += [(r.text, v) for r in spoken.REQUESTS_EN for v in (ADULT_VOICE, *CHILD_VOICES)]
+    block = RATE_HZ * 30 // 1000
+    woken = []
+    for text, voice in sentences:
+        samples = in_a_room(spoken.samples(text, voice, voices_dir))
+        for i in range(0, len(samples), block):
+            if i == 19 * block:  # the sentence begins at 0.6 s
+                detector.hear_afresh(0.3, is_speaking=False)
+            if detector.hear(samples[i : i + block]):
+                woken.append(text)
+    assert woken == []
+
+
 def test_the_listener_posts_the_wake_word_and_drops_the_utterance_that_carried_it(wake_word, voices_dir):
     """Talk, the wake word, a request: the listener posts the talk, then WakeWordHeard, then the request, and the
     utterance of the wake word itself never becomes a transcript."""
