@@ -29,6 +29,10 @@ log = logging.getLogger(__name__)
 BLOCK_FRAMES = 441  # 20 ms at 22.05 kHz: how quickly stop() is heard
 STALL_S = 2.0  # a stream that consumes nothing for this long is a lost device
 ECHO_LATENCY_S = 0.15  # output buffer while the echo canceller listens
+# While a child speaks over the story the robot's voice is lowered by this much (duck(); audio.duck_db), so that the
+# rest of the word reaches the recognizers over less of the robot's voice than the canceller alone leaves; a ramp
+# over one block keeps the change from clicking.
+DUCK_DB = 15.0
 
 
 class PlaybackError(RuntimeError):
@@ -54,14 +58,22 @@ class Sink(Protocol):
         """Gain 0-1 for what is played from now on."""
         ...
 
+    def duck(self, is_ducked: bool) -> None:
+        """Lower the robot's voice by its ducking depth (DUCK_DB; someone speaks over it) or bring it back, at once
+        where the sink can (a device stream), or not at all."""
+        ...
+
     async def close(self) -> None: ...
 
 
 class SoundDeviceSink:
     """One mono int16 output stream, fed from a queue of blocks by PortAudio's callback."""
 
-    def __init__(self, device_name: str, rate_hz: int, volume: float, reference=None) -> None:
-        """reference: an audio.echo.EchoReference that is given every block played (for the echo canceller)."""
+    def __init__(
+        self, device_name: str, rate_hz: int, volume: float, reference=None, duck_db: float = DUCK_DB
+    ) -> None:
+        """reference: an audio.echo.EchoReference that is given every block played (for the echo canceller);
+        duck_db: how much lower duck() makes it."""
         import sounddevice as sd
 
         self._reference = reference
@@ -71,6 +83,8 @@ class SoundDeviceSink:
         self.rate_hz = rate_hz
         self.first_audio_monotonic: float | None = None
         self._volume = volume
+        self._duck_target = self._duck_gain = 1.0  # the callback moves _duck_gain to _duck_target
+        self._ducked_gain = 10.0 ** (-duck_db / 20.0)
         self._blocks: collections.deque[np.ndarray] = collections.deque()
         self._lock = threading.Lock()
         self._consumed = 0  # frames handed to the device, for stall detection
@@ -113,6 +127,8 @@ class SoundDeviceSink:
                 filled += take
             self._consumed += frames
         out[filled:] = 0
+        if self._duck_gain != 1.0 or self._duck_target != 1.0:
+            self._apply_duck(out)
         if self._reference is not None:  # what the device will play, when (PortAudio's clock), for the canceller
             if status.output_underflow:
                 self._reference.resync()
@@ -120,6 +136,16 @@ class SoundDeviceSink:
         if filled and self.first_audio_monotonic is None:
             delay_s = max(0.0, time_info.outputBufferDacTime - time_info.currentTime)
             self.first_audio_monotonic = time.monotonic() + delay_s
+
+    def _apply_duck(self, out) -> None:
+        """The ducking gain on a block on its way to the device (and the canceller's reference), ramped from the last
+        block's gain to the one asked for."""
+        import numpy as np
+
+        target = self._duck_target
+        ramp = np.linspace(self._duck_gain, target, len(out), endpoint=False, dtype=np.float32)
+        out[:] = (out.astype(np.float32) * ramp).astype(np.int16)
+        self._duck_gain = target
 
     def _finished(self) -> None:
         self._stream_error = "the output stream stopped"
@@ -182,6 +208,9 @@ class SoundDeviceSink:
                 )
             self._volume = volume
 
+    def duck(self, is_ducked: bool) -> None:
+        self._duck_target = self._ducked_gain if is_ducked else 1.0
+
     async def close(self) -> None:
         self.stop()
         stream = self._stream
@@ -228,6 +257,9 @@ class WavSink:
 
     def set_volume(self, volume: float) -> None:
         pass  # a file is written at full scale: the volume is for a room, not a recording
+
+    def duck(self, is_ducked: bool) -> None:
+        pass  # no room: nobody speaks over a file
 
     async def close(self) -> None:
         import numpy as np
@@ -340,6 +372,9 @@ class AplaySink:
     def set_volume(self, volume: float) -> None:
         self._volume = volume  # from the next sentence on
 
+    def duck(self, is_ducked: bool) -> None:
+        pass  # no canceller on this path (no reference), so nobody is heard over the story: nothing to duck for
+
     async def close(self) -> None:
         self.stop()
 
@@ -413,12 +448,14 @@ def open_sink(
     *,
     lean: bool = False,
     reference=None,
+    duck_db: float = DUCK_DB,
     spawn: SpawnChild,
 ) -> Sink:
     """The speaker, or a WAV file when one was asked for or no output device opens.
 
     lean: play through `aplay` (no PortAudio, no numpy in the daemon) when it is installed; PortAudio otherwise.
     reference: an audio.echo.EchoReference the PortAudio speaker gives what it plays (the echo canceller's).
+    duck_db: how much lower the PortAudio speaker plays while someone speaks over it (Sink.duck).
     spawn: how aplay's children are made (engines.child.Child, handed in by the supervisor).
     """
     if wav_path:
@@ -430,7 +467,7 @@ def open_sink(
             log.warning("no speaker (%s); writing speech to %s", e, wav_fallback)
             return WavSink(wav_fallback, rate_hz)
     try:
-        return SoundDeviceSink(device_name, rate_hz, volume, reference)
+        return SoundDeviceSink(device_name, rate_hz, volume, reference, duck_db)
     except DeviceError as e:
         log.warning("no speaker (%s); writing speech to %s", e, wav_fallback)
         return WavSink(wav_fallback, rate_hz)

@@ -83,6 +83,14 @@ class WakeWordHeard:
 
 
 @dataclass(frozen=True)
+class VoiceOverStory:
+    """Someone began speaking over the robot (is_speaking), or stopped: the story is ducked meanwhile, so that the
+    rest of what is said is heard over less of the robot's voice."""
+
+    is_speaking: bool
+
+
+@dataclass(frozen=True)
 class CommandHeard:
     """An utterance heard while the robot was thinking or speaking, decoded with the command grammar only."""
 
@@ -190,6 +198,7 @@ Event = (
     | TranscriptPartial
     | TranscriptFinal
     | CommandHeard
+    | VoiceOverStory
     | WakeWordHeard
     | StoryRequested
     | StopRequested

@@ -38,6 +38,7 @@ from robot.events import (
     SpeechStarted,
     TranscriptFinal,
     TranscriptPartial,
+    VoiceOverStory,
     WakeWordHeard,
 )
 from robot.plumbing.backoff import Backoff
@@ -112,6 +113,7 @@ class Listener:
         self._wake_word = wake_word
         self._stop_word = stop_word
         self._was_closed = False  # the gate, at the last block
+        self._is_voice_over_story = False  # as last posted (VoiceOverStory)
         self._frames_after = 0  # the frames of the block being heard after the one _on_frame has
         self._command_since: float | None = None  # when the robot began thinking or speaking (commands only)
         # the recognizer is fed in order on one thread, off the event loop
@@ -173,6 +175,7 @@ class Listener:
         while True:
             self._note_gate()
             if self._wake_word is not None and await self._is_wake_word_in(block):
+                self._note_voice_over_story()
                 block = await mic.read_block()
                 continue
             levels_dbfs = frame_levels_dbfs(block)
@@ -180,10 +183,25 @@ class Listener:
                 for k, (frame, level_dbfs) in enumerate(zip(block, levels_dbfs, strict=True)):
                     self._frames_after = len(block) - 1 - k
                     await self._on_frame(frame, level_dbfs)
+            self._note_voice_over_story()
             # within an utterance every block counts at once (its end is a stretch of quiet)
             mic.is_urgent = self._utterance is not None or self._vad.is_in_speech
             # a block of frames per wake-up, their levels in one pass: listening to silence costs little
             block = await mic.read_block()
+
+    def _note_voice_over_story(self) -> None:
+        """VoiceOverStory posted when a command-mode utterance past the hold-off begins, and again when it ends (or
+        has gone on for MAX_COMMAND_S: longer is no command, whatever it is)."""
+        utterance = self._utterance
+        is_speaking = (
+            utterance is not None
+            and utterance.is_command
+            and not utterance.is_held_off
+            and not _is_past_command_length(utterance)
+        )
+        if is_speaking != self._is_voice_over_story:
+            self._is_voice_over_story = is_speaking
+            self._post(VoiceOverStory(is_speaking))
 
     def _note_gate(self) -> None:
         """When the robot began thinking or speaking, for the hold-off; and the robot's voice's tail once the gate

@@ -40,6 +40,7 @@ from robot.events import (
     StoryRequested,
     TranscriptFinal,
     TranscriptPartial,
+    VoiceOverStory,
     VolumeSet,
     WakeWordHeard,
 )
@@ -298,6 +299,9 @@ class Robot:
             case StopRequested() if self.state in (State.THINKING, State.SPEAKING):
                 await self._stop_story()
                 self._set_state(State.IDLE)
+            case VoiceOverStory(is_speaking=is_speaking) if self.state is State.SPEAKING and self._sink is not None:
+                log.debug("voice over the story: %s", "ducked" if is_speaking else "back to its volume")
+                self._sink.duck(is_speaking)
             case VolumeSet(volume=volume, cap=cap):
                 self.settings.set_volume(volume, cap)
                 log.info("volume %.2f, capped at %.2f", self.settings.volume, self.settings.volume_cap)

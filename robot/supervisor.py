@@ -131,6 +131,7 @@ class Supervisor:
                 config.audio.wav_fallback,
                 lean=not has_microphone,
                 reference=self.echo_reference,
+                duck_db=config.audio.duck_db,
                 spawn=Child,
             ),
             story_out=sys.stdout,

@@ -40,6 +40,9 @@ class NullSink:
     def set_volume(self, volume: float) -> None:
         self.volume = volume
 
+    def duck(self, is_ducked: bool) -> None:
+        self.is_ducked = is_ducked
+
     async def close(self) -> None:
         pass
 

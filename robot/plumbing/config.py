@@ -46,6 +46,9 @@ class AudioConfig:
     # affords its CPU: robot.memory.plan.echo_cancel_choice), "on" or "off"
     echo_cancel: str = _opt("auto", choices=("auto", "on", "off"))
     echo_filter_ms: int = _opt(100, low=20, high=1000)  # the echo tail the canceller models
+    # while someone speaks over the story its voice is this much lower (audio/playback.py DUCK_DB; 0: never);
+    # only on the PortAudio speaker path the echo canceller listens on
+    duck_db: float = _opt(15.0, low=0.0, high=40.0)
 
 
 @dataclass(frozen=True)
