@@ -209,6 +209,8 @@ class SoundDeviceSink:
             self._volume = volume
 
     def duck(self, is_ducked: bool) -> None:
+        if self._reference is None:
+            return  # no canceller: what the listener hears over the story is the robot's own voice, not a child
         self._duck_target = self._ducked_gain if is_ducked else 1.0
 
     async def close(self) -> None:

@@ -30,8 +30,9 @@ NEAR_MISS = 0.05
 # The model's features come through a front end that keeps a running estimate of each band's noise (and scales
 # the band by it). While the robot speaks, what the echo canceller leaves of its voice raises that estimate, and a
 # word said after it is heard as if through noise: in the leaky sound room a child-like "okay nabu" the model gave
-# 0.27 in the stream gave 0.63 to a front end started afresh 0.3 s before it. So each utterance heard over the story
-# is also heard by a second front end and model started afresh at its pre-roll (hear_afresh()), for this long.
+# 0.27 in the stream gave 0.63 to a front end started afresh 0.3 s before it (and talk a moment before the word does
+# the same in a quiet room). So each utterance is also heard by a second front end and model started afresh at its
+# pre-roll (hear_afresh()), for this long.
 AFRESH_S = 3.0
 # The audio kept for hear_afresh(): a pre-roll and a block, and then some.
 BACKLOG_S = 1.0

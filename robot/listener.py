@@ -292,9 +292,9 @@ class Listener:
             await loop.run_in_executor(self._asr_thread, recognizer.use_commands, is_command)
             if not is_command:
                 self._post(SpeechStarted(at=time.monotonic()))
-            elif self._wake_word is not None:  # the utterance heard afresh, from its pre-roll (audio.wake.AFRESH_S)
+            if self._wake_word is not None:  # the utterance heard afresh, from its pre-roll (audio.wake.AFRESH_S)
                 frame_s = self._vad_settings.frame_ms / 1000.0
-                self._wake_word.hear_afresh((len(result.frames) + self._frames_after) * frame_s)
+                self._wake_word.hear_afresh((len(result.frames) + self._frames_after) * frame_s, is_command)
         if utterance is not None and result.frames and not _is_past_command_length(utterance):
             pcm = b"".join(f.tobytes() for f in result.frames)
             is_asked = utterance.is_command and self._stop_word is not None
