@@ -69,9 +69,7 @@ class Sink(Protocol):
 class SoundDeviceSink:
     """One mono int16 output stream, fed from a queue of blocks by PortAudio's callback."""
 
-    def __init__(
-        self, device_name: str, rate_hz: int, volume: float, reference=None, duck_db: float = DUCK_DB
-    ) -> None:
+    def __init__(self, device_name: str, rate_hz: int, volume: float, reference=None, duck_db: float = DUCK_DB) -> None:
         """reference: an audio.echo.EchoReference that is given every block played (for the echo canceller);
         duck_db: how much lower duck() makes it."""
         import sounddevice as sd
