@@ -128,7 +128,9 @@ def test_a_story_told_through_the_server_and_a_press_closes_its_stream_within_20
     robot.wait_err("speaking -> idle", 300, since)
     told = [line for _, line in robot.out_lines("", since)]
     robot.stop()
-    assert len(told) >= 3 and len(" ".join(told[1:]).split()) >= 8, told
+    # told[0] is the last sentence heard, said again; what follows is new. The model may end the story after one
+    # more sentence (CI once heard one of 16 words and the end), so a whole new sentence is what is asked for
+    assert len(told) >= 2 and len(" ".join(told[1:]).split()) >= 8, told
     assert recorder.speech_seconds() >= 4.0
     assert not robot.err_lines("WARNING robot.remote_host"), robot.log_tail()
     assert closed_s < CANCEL_BOUND_S, f"the server saw the stream closed {closed_s * 1000:.0f} ms after the press"
