@@ -6,7 +6,8 @@ A request is recognised when the run-mode gate (robot/controls/requests.py) take
 request whose subject names what was asked for (tests/spoken_requests.py). PocketSphinx hears the English requests
 with the story-requests grammar (the daemon's default); Vosk, whose only model installable here is Korean, hears
 Korean requests in grammar mode (the requests' words). The voices are tests/voices.py's (espeak-ng + sox); their
-recipes are printed. Ambient: of 20 radio-like English sentences, how many would start a story (PocketSphinx).
+recipes are printed. Ambient: of 50 radio-like English sentences (the test's 20 and 30 held out) in every voice, how
+many would start a story (PocketSphinx), each one listed.
 
 Usage: .venv/bin/python scripts/bench_requests.py [--lowering 1.0,1.2,1.4] [--backends pocketsphinx,vosk]
 """
@@ -61,13 +62,21 @@ def bench(backend: str, lowering: float, work: Path, is_verbose: bool) -> None:
         cells.append(f"{voice.name} {sum(t.is_right for t in trials):2d}/{len(trials)}")
         if is_verbose:
             print(spoken.report(trials))
+    starts: list[tuple[str, spoken.Trial]] = []
     if language == "en":
-        ambient = spoken.try_ambient(
-            recognizer(backend, lowering, work), spoken.AMBIENT_EN, spoken.voices("en")[0], work / "wav"
+        sentences = (*spoken.AMBIENT_EN, *spoken.AMBIENT_HELD_OUT_EN)
+        for voice in spoken.voices(language):
+            ambient = spoken.try_ambient(recognizer(backend, lowering, work), sentences, voice, work / "wav")
+            starts.extend((voice.name, t) for t in ambient if not t.is_right)
+        tested = sum(1 for name, t in starts if name == "adult" and t.said in spoken.AMBIENT_EN)
+        cells.append(
+            f"ambient starting a story {len(starts)}/{len(sentences) * len(spoken.voices(language))} "
+            f"(the test's 20 in the adult voice: {tested}/20)"
         )
-        cells.append(f"ambient starting a story {sum(not t.is_right for t in ambient)}/{len(ambient)}")
     cells.append(f"decoding {cpu_s / audio_s:.2f} CPU s per s of speech")
     print(f"{backend:12s} lowered x{lowering:<4g} {'  '.join(cells)}  ({time.monotonic() - started_s:.0f} s)")
+    for name, t in starts:
+        print(f"    ambient taken for a request ({name}): {t.said!r} -> {t.heard!r}")
 
 
 def main() -> int:
