@@ -56,6 +56,9 @@ log = logging.getLogger(__name__)
 EVENT_QUEUE_SIZE = 64
 CONTINUE = "continue the story"  # what a long press asks for, in any language
 HOLD_GRACE_S = 1.0  # after a long press, how long speech may take to be noticed before it means "continue"
+# In run mode a bare "go on" (robot/controls/requests.py is_bare_continue) continues the story only this soon after
+# the robot last told one (ended, stopped or lost); later, and from the radio, it takes "continue" or "the story"
+BARE_CONTINUE_WITHIN_S = 300.0
 MEMORY_LEVEL_UNLOAD_ASR = 1  # robot.memory.guard.Level.UNLOAD_ASR: the recognizer is released while a story is told
 MEMORY_LEVEL_CANCEL = 3  # robot.memory.guard.Level.CANCEL: a story being told is stopped
 
@@ -139,6 +142,7 @@ class Robot:
         self._is_pressed_request = False  # the button opened this request (push-to-talk: a bare subject counts)
         self._is_long_press_pending = False
         self._press_number = 0
+        self._told_until: float | None = None  # when the robot last stopped telling a story (monotonic s)
         self.commands = commands
         self.settings = settings or RuntimeSettings(config.audio.volume)
         self._save_settings = save_settings
@@ -399,14 +403,24 @@ class Robot:
         return True
 
     def _is_ambient(self, text: str, pressed: bool) -> bool:
-        """In run mode, talk heard without the button that does not ask for a story (robot/controls/requests.py):
-        ignored, and said at debug level."""
-        from robot.controls.requests import asks_for_a_story
+        """In run mode, talk heard without the button that does not ask for a story (robot/controls/requests.py),
+        or a bare "go on" long after the last story: ignored, and said at debug level."""
+        from robot.controls.requests import asks_for_a_story, is_bare_continue
 
-        if self.mode is not Mode.DAEMON or pressed or asks_for_a_story(text, self.config.story.language):
+        if self.mode is not Mode.DAEMON or pressed:
             return False
-        log.debug("heard %r without the button: it asks for no story; ignored", text)
-        return True
+        language = self.config.story.language
+        if not asks_for_a_story(text, language):
+            log.debug("heard %r without the button: it asks for no story; ignored", text)
+            return True
+        if is_bare_continue(text, language) and not self._is_soon_after_a_story():
+            log.debug("heard %r without the button and long after the last story: ignored", text)
+            return True
+        return False
+
+    def _is_soon_after_a_story(self) -> bool:
+        told_until = self._told_until
+        return told_until is not None and time.monotonic() - told_until <= BARE_CONTINUE_WITHIN_S
 
     def _surprise_subject(self) -> str:
         told = self._store.load() if self._store else None
@@ -430,6 +444,8 @@ class Robot:
             # word left it set, and talk heard long after (the robot's own last words) was taken for a pressed request
             self._is_pressed_request = False
         if state is not self.state:
+            if self.state in (State.THINKING, State.SPEAKING):
+                self._told_until = time.monotonic()
             log.info("state %s -> %s", self.state.value, state.value)
             self.state = state
             for hook in self.on_state_change:

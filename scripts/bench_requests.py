@@ -7,7 +7,8 @@ request whose subject names what was asked for (tests/spoken_requests.py). Pocke
 with the story-requests grammar (the daemon's default); Vosk, whose only model installable here is Korean, hears
 Korean requests in grammar mode (the requests' words). The voices are tests/voices.py's (espeak-ng + sox); their
 recipes are printed. Ambient: of 50 radio-like English sentences (the test's 20 and 30 held out) in every voice, how
-many would start a story (PocketSphinx), each one listed.
+many would start a story (PocketSphinx), each one listed: soon after a story, and later, when a bare "go on" no
+longer counts (robot.robot.BARE_CONTINUE_WITHIN_S).
 
 Usage: .venv/bin/python scripts/bench_requests.py [--lowering 1.0,1.2,1.4] [--backends pocketsphinx,vosk]
 """
@@ -24,6 +25,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from audio.asr import CHILD_VOICE_LOWERING, CHILD_WORD_INSERTION, SAMPLE_RATE_HZ, PocketSphinxRecognizer, VoskRecognizer  # noqa: E402
+from robot.controls.requests import is_bare_continue  # noqa: E402
 from robot.plumbing.paths import assets_dir  # noqa: E402
 from tests import spoken_requests as spoken  # noqa: E402
 from tests.voices import missing_tools  # noqa: E402
@@ -69,14 +71,16 @@ def bench(backend: str, lowering: float, work: Path, is_verbose: bool) -> None:
             ambient = spoken.try_ambient(recognizer(backend, lowering, work), sentences, voice, work / "wav")
             starts.extend((voice.name, t) for t in ambient if not t.is_right)
         tested = sum(1 for name, t in starts if name == "adult" and t.said in spoken.AMBIENT_EN)
+        later = [t for _, t in starts if not is_bare_continue(t.heard, language)]
         cells.append(
             f"ambient starting a story {len(starts)}/{len(sentences) * len(spoken.voices(language))} "
-            f"(the test's 20 in the adult voice: {tested}/20)"
+            f"soon after a story, {len(later)} later (the test's 20 in the adult voice: {tested}/20)"
         )
     cells.append(f"decoding {cpu_s / audio_s:.2f} CPU s per s of speech")
     print(f"{backend:12s} lowered x{lowering:<4g} {'  '.join(cells)}  ({time.monotonic() - started_s:.0f} s)")
     for name, t in starts:
-        print(f"    ambient taken for a request ({name}): {t.said!r} -> {t.heard!r}")
+        bare = " (a bare continue: only soon after a story)" if is_bare_continue(t.heard, "en") else ""
+        print(f"    ambient taken for a request ({name}): {t.said!r} -> {t.heard!r}{bare}")
 
 
 def main() -> int:

@@ -20,6 +20,10 @@ ABOUT_WORDS = frozenset({"about", "of", "with"})
 ARTICLES = frozenset({"a", "an", "another", "the", "one", "some", "more", "your"})
 KIND_WORDS = frozenset({"short", "long", "bedtime", "funny", "silly", "little", "new", "happy", "magic"})
 KO_STORY = "이야기"  # Korean requests all say "story", in any of its inflected forms
+# a continue request that names what goes on: "continue", "go on with the story"; a bare "go on", "keep going" or
+# "tell me more" also comes out of a radio (scripts/bench_requests.py: 3 of the 6 false starts in 400 radio-like
+# sentences were these) and counts only soon after a story (robot.robot.BARE_CONTINUE_WITHIN_S)
+NAMING_CONTINUE_WORDS = frozenset({"continue", "story"})
 
 
 def asks_for_a_story(text: str, language: str) -> bool:
@@ -39,6 +43,15 @@ def asks_for_a_story(text: str, language: str) -> bool:
         w in STORY_WORDS and after in ABOUT_WORDS and _is_introduced(words[:i], after)
         for i, (w, after) in enumerate(zip(words, words[1:], strict=False))
     )
+
+
+def is_bare_continue(text: str, language: str) -> bool:
+    """A continue request that says neither "continue" nor "story" ("go on please", "keep going"); English only."""
+    from robot.story.prompt import is_continue_request
+
+    if language != "en" or not is_continue_request(text, language):
+        return False
+    return not NAMING_CONTINUE_WORDS & set(normalise(text).split())
 
 
 def _is_introduced(before: list[str], after: str) -> bool:
