@@ -309,6 +309,7 @@ class Listener:
                 return
             if self._vad.silence_ms <= self._vad_settings.frame_ms:  # speech, or the first frame of silence
                 utterance.was_complete_at_silence = utterance.is_complete
+                utterance.partial_at_silence = utterance.partial
             if partial and not utterance.is_command:
                 self._post(TranscriptPartial(partial))
         if utterance is not None and result.event is VadEvent.NONE and self._is_request_complete(utterance):
@@ -331,6 +332,13 @@ class Listener:
             if utterance.is_command and not utterance.is_held_off and not _has_words(text):
                 text = await loop.run_in_executor(self._asr_thread, self._stop_word_in, utterance, text)
             if not utterance.is_command:
+                if not result.is_cut_off:
+                    log.info(
+                        "request final after the full %d ms of silence (when the voice stopped: %r, %s)",
+                        silence_s * 1000,
+                        utterance.partial_at_silence,
+                        "a whole request" if utterance.was_complete_at_silence else "not a whole request",
+                    )
                 self._post(TranscriptFinal(text=text, end_of_speech_at=end_at))
             elif utterance.is_held_off:
                 log.debug("%r at the story's start (hold-off against the robot's own words): not a command", text)
@@ -413,6 +421,7 @@ class _Utterance:
     silent_s: float = 0.0  # the silence since its last voiced frame (command mode)
     is_held_off: bool = False  # began within COMMAND_HOLD_OFF_S of the story's start
     was_complete_at_silence: bool = False  # ... when the voice stopped (the first silent frame)
+    partial_at_silence: str = ""  # the partial transcript then
     is_complete: bool = False  # the partial transcript is a whole request
     pcm: list[bytes] = field(default_factory=list)  # a command's audio, for the stop-word classifier
     partial: str = ""  # the recognizer's latest partial transcript

@@ -79,9 +79,11 @@ def one_run(
     result = record["results"][0]
     end_of_speech, first_audio = heard.last_speech_arrival(), spoken.first_speech_arrival()
     transcript = next((line[7:] for line in stderr.splitlines() if line.startswith("heard: ")), "?")
+    ending = next((_ending(line) for line in stderr.splitlines() if _ending(line)), "?")
     since = lambda key: None if result.get(key) is None else result[key] - end_of_speech  # noqa: E731
     return {
         "transcript": transcript,
+        "ending": ending,
         "latency_s": first_audio - end_of_speech,
         "final_s": since("started_at"),
         "synthesized_s": since("first_speech_at"),
@@ -116,7 +118,7 @@ def main() -> int:
                 f"at the device {_s(run['device_s'])}), "
                 f"{run['tokens']} tokens at {run['tokens_per_s']:.1f} tok/s, first token {run['first_token_s']:.2f} s, "
                 f"daemon {run['daemon_peak_rss_mb']:.0f} MB, engine {run['engine_peak_rss_mb']:.0f} MB, "
-                f"heard {run['transcript']}",
+                f"heard {run['transcript']}, {run['ending']}",
                 flush=True,
             )
     med = lambda key: statistics.median(r[key] for r in runs)  # noqa: E731
@@ -137,6 +139,14 @@ def main() -> int:
         if values:
             print(f"  {statistics.median(values):6.3f} {max(values):6.3f} s  {label}")
     return 0
+
+
+def _ending(log_line: str) -> str:
+    """How the listener ended the request, from its log line: early on a whole request, or after the full silence."""
+    for marker in ("a whole request: final after", "request final after the full"):
+        if marker in log_line:
+            return log_line[log_line.index(marker) :]
+    return ""
 
 
 def _s(seconds: float | None) -> str:
